@@ -1,0 +1,63 @@
+"""Fixtures every test directory shares (services/*/tests, libs/*/tests, tests/).
+
+Service tests run against the real servers of the local stack (`make up`);
+their addresses come from the environment (`.local/stack.env`, sourced by
+`make test`). Each test gets its own database, topics and bucket names, so
+tests never see each other's data.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import asyncpg
+import pytest
+
+from viewfinder_common.db import migrate
+from viewfinder_common.settings import DatabaseSettings
+
+REPO = Path(__file__).resolve().parent
+
+
+def _load_stack_env() -> None:
+    """Lets a bare `pytest` find a running stack without sourcing stack.env by hand."""
+    env_file = REPO / ".local" / "stack.env"
+    if not env_file.exists():
+        return
+    for line in env_file.read_text().splitlines():
+        if "=" in line and not line.lstrip().startswith("#"):
+            key, value = line.split("=", 1)
+            os.environ.setdefault(key.strip(), value.strip())
+
+
+_load_stack_env()
+
+
+@pytest.fixture
+def unique_name() -> str:
+    """A short unique name for topics, buckets, groups, tables of one test."""
+    return f"t{uuid.uuid4().hex[:12]}"
+
+
+@pytest.fixture
+async def catalogue_db_url() -> AsyncIterator[str]:
+    """URL of a fresh PostgreSQL database with every migration applied; dropped afterwards."""
+    settings = DatabaseSettings()
+    base, _, _ = settings.url.rpartition("/")
+    name = f"test_{uuid.uuid4().hex[:16]}"
+    admin = await asyncpg.connect(settings.url)
+    await admin.execute(f'CREATE DATABASE "{name}"')
+    url = f"{base}/{name}"
+    conn = await asyncpg.connect(url)
+    try:
+        await migrate(conn)
+    finally:
+        await conn.close()
+    try:
+        yield url
+    finally:
+        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        await admin.close()

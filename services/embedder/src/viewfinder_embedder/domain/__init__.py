@@ -1,0 +1,1 @@
+"""The logic, free of I/O frameworks and unit-tested."""

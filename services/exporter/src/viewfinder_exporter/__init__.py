@@ -1,0 +1,1 @@
+"""viewfinder exporter service: Writes search results as manifest files to a bucket or as logical dataset versions."""

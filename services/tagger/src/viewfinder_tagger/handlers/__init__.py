@@ -1,0 +1,1 @@
+"""Kafka subscribers and gRPC servicers: thin, they translate and delegate to domain/."""
