@@ -18,17 +18,20 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import signal
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import unquote_plus
 
-import aioboto3
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
 from botocore.exceptions import BotoCoreError, ClientError
-from pydantic import Field, SecretStr
+from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from viewfinder_common.logging import configure_logging
+from viewfinder_common.runtime import run_until_signalled
+from viewfinder_common.s3 import s3_session
+from viewfinder_common.settings import KafkaSettings, S3Settings
 
 logger = logging.getLogger(__name__)
 
@@ -55,22 +58,7 @@ class RelaySettings(BaseSettings):
     # Messages per receive (10 is SQS's maximum).
     batch_size: int = Field(default=10, ge=1, le=10)
     log_level: str = "INFO"
-
-
-class _KafkaSettings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="VIEWFINDER_KAFKA_", extra="ignore")
-
-    bootstrap_servers: str = "127.0.0.1:9092"
-
-
-class _SqsSettings(BaseSettings):
-    # SQS is reached with the same endpoint and keys as the bucket it serves.
-    model_config = SettingsConfigDict(env_prefix="VIEWFINDER_S3_", extra="ignore")
-
-    endpoint_url: str | None = None
-    region: str = "us-east-1"
-    access_key_id: SecretStr | None = None
-    secret_access_key: SecretStr | None = None
+    log_json: bool = True
 
 
 def is_test_event(body: str) -> bool:
@@ -116,12 +104,23 @@ class StorageEventRelay:
 
         Returns how many messages were published.
         """
+        return await self.publish(await self.receive())
+
+    async def receive(self) -> list[dict[str, Any]]:
+        """Up to ``batch_size`` messages, waiting up to ``poll_wait_s`` for the first."""
         response = await self.sqs.receive_message(
             QueueUrl=self.queue_url,
             MaxNumberOfMessages=self.batch_size,
             WaitTimeSeconds=self.poll_wait_s,
         )
         messages: list[dict[str, Any]] = response.get("Messages", [])
+        return messages
+
+    async def publish(self, messages: list[dict[str, Any]]) -> int:
+        """Publishes ``messages`` and deletes from the queue those the broker acknowledged.
+
+        Returns how many messages were published.
+        """
         done: list[dict[str, Any]] = []
         pending: list[tuple[dict[str, Any], asyncio.Future[Any]]] = []
         for message in messages:
@@ -173,16 +172,16 @@ class StorageEventRelay:
         stopping = asyncio.create_task(stop.wait())
         try:
             while not stop.is_set():
-                batch = asyncio.create_task(self.relay_batch())
-                # Only waiting for the long poll is interruptible: a batch that
-                # has been received is published and deleted before stopping.
-                await asyncio.wait({batch, stopping}, return_when=asyncio.FIRST_COMPLETED)
-                if not batch.done():
-                    batch.cancel()
-                    await asyncio.gather(batch, return_exceptions=True)
+                receiving = asyncio.create_task(self.receive())
+                # Only the long poll is interrupted: a batch that has been
+                # received is published and deleted before stopping.
+                await asyncio.wait({receiving, stopping}, return_when=asyncio.FIRST_COMPLETED)
+                if not receiving.done():
+                    receiving.cancel()
+                    await asyncio.gather(receiving, return_exceptions=True)
                     break
                 try:
-                    relayed = batch.result()
+                    relayed = await self.publish(receiving.result())
                 except (ClientError, BotoCoreError, KafkaError, OSError):
                     logger.exception("relay batch from %s failed; retrying", self.queue_url)
                     await asyncio.sleep(_RETRY_PAUSE_S)
@@ -194,14 +193,13 @@ class StorageEventRelay:
 
 
 async def run_relay(
-    settings: RelaySettings, kafka: _KafkaSettings, sqs: _SqsSettings, stop: asyncio.Event
+    settings: RelaySettings, kafka: KafkaSettings, sqs: S3Settings, stop: asyncio.Event
 ) -> None:
-    """Connects to the queue and the broker, then relays until ``stop`` is set."""
-    session = aioboto3.Session(
-        aws_access_key_id=sqs.access_key_id.get_secret_value() if sqs.access_key_id else None,
-        aws_secret_access_key=sqs.secret_access_key.get_secret_value() if sqs.secret_access_key else None,
-        region_name=sqs.region,
-    )
+    """Connects to the queue and the broker, then relays until ``stop`` is set.
+
+    SQS is reached with the same endpoint and keys as the bucket it serves.
+    """
+    session = s3_session(sqs)
     producer = AIOKafkaProducer(bootstrap_servers=kafka.bootstrap_servers, acks="all")
     async with session.client("sqs", endpoint_url=sqs.endpoint_url) as client:
         # Fails fast, with the service's own error, when the queue does not exist.
@@ -223,17 +221,11 @@ async def run_relay(
     logger.info("storage relay stopped")
 
 
-async def _main() -> None:
+async def _main(stop: asyncio.Event) -> None:
     settings = RelaySettings()
-    logging.basicConfig(
-        level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s"
-    )
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(signum, stop.set)
-    await run_relay(settings, _KafkaSettings(), _SqsSettings(), stop)
+    configure_logging("relay", settings.log_level, settings.log_json)
+    await run_relay(settings, KafkaSettings(), S3Settings(), stop)
 
 
 if __name__ == "__main__":
-    asyncio.run(_main())
+    run_until_signalled(_main)
