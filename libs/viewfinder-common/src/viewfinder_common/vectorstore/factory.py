@@ -1,0 +1,62 @@
+"""Chooses and builds the configured vector-store adapter (DESIGN §4).
+
+``VIEWFINDER_VECTORSTORE_KIND=pgvector`` (the default) keeps vectors in the
+catalogue's PostgreSQL: pass the service's catalogue pool to share it, or let
+the store open its own from ``DatabaseSettings`` (``VIEWFINDER_DB_*``).
+``VIEWFINDER_VECTORSTORE_KIND=milvus`` connects to ``MilvusSettings``
+(``VIEWFINDER_MILVUS_*``). A service holds the store for its lifetime and
+closes it at shutdown.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import asyncpg
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from viewfinder_common.db import create_pool
+from viewfinder_common.settings import DatabaseSettings, MilvusSettings
+from viewfinder_common.vectorstore import VectorStore
+
+
+class VectorStoreSettings(BaseSettings):
+    """Which vector store the services use, and how they write to it."""
+
+    model_config = SettingsConfigDict(env_prefix="VIEWFINDER_VECTORSTORE_", extra="ignore")
+
+    kind: Literal["pgvector", "milvus"] = "pgvector"
+    # Rows per upsert statement / request.
+    upsert_batch_size: int = Field(default=500, ge=1)
+    # Milvus: "Strong" makes a search see every completed upsert; "Bounded"
+    # is cheaper on a cluster when a second of staleness is acceptable.
+    milvus_consistency_level: Literal["Strong", "Bounded", "Session", "Eventually"] = "Strong"
+    milvus: MilvusSettings = Field(default_factory=MilvusSettings)
+
+
+async def create_vector_store(
+    settings: VectorStoreSettings,
+    *,
+    pool: asyncpg.Pool | None = None,
+    db: DatabaseSettings | None = None,
+) -> VectorStore:
+    """The adapter ``settings.kind`` names.
+
+    pgvector uses ``pool`` when given (it stays its owner's to close) or opens
+    a pool from ``db`` (default ``DatabaseSettings()``) that ``close()`` closes.
+    """
+    if settings.kind == "milvus":
+        from viewfinder_common.vectorstore.milvus import MilvusVectorStore  # noqa: PLC0415 (pymilvus only when chosen)
+
+        return MilvusVectorStore(
+            settings.milvus,
+            upsert_batch_size=settings.upsert_batch_size,
+            consistency_level=settings.milvus_consistency_level,
+        )
+    from viewfinder_common.vectorstore.pgvector import PgVectorStore  # noqa: PLC0415
+
+    if pool is not None:
+        return PgVectorStore(pool, upsert_batch_size=settings.upsert_batch_size)
+    own_pool = await create_pool(db if db is not None else DatabaseSettings())
+    return PgVectorStore(own_pool, upsert_batch_size=settings.upsert_batch_size, owns_pool=True)

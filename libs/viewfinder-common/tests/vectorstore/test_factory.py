@@ -1,0 +1,73 @@
+"""The factory picks the adapter from VIEWFINDER_VECTORSTORE_* and shares or owns the pool."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import asyncpg
+import pytest
+from pydantic import ValidationError
+
+from viewfinder_common.vectorstore import IndexNotFound, IndexSchema, VectorField
+from viewfinder_common.vectorstore.factory import VectorStoreSettings, create_vector_store
+from viewfinder_common.vectorstore.milvus import MilvusVectorStore
+from viewfinder_common.vectorstore.pgvector import PgVectorStore
+
+pytestmark = pytest.mark.stack
+
+
+@pytest.fixture
+async def pool(catalogue_db_url: str) -> AsyncIterator[asyncpg.Pool]:
+    pool = await asyncpg.create_pool(catalogue_db_url, min_size=1, max_size=2)
+    assert pool is not None
+    try:
+        yield pool
+    finally:
+        await pool.close()
+
+
+async def test_factory_builds_pgvector_on_a_shared_pool_by_default(pool: asyncpg.Pool) -> None:
+    store = await create_vector_store(VectorStoreSettings(), pool=pool)
+    assert isinstance(store, PgVectorStore)
+    await store.ensure_index(IndexSchema("factory", [VectorField("visual", 4)]))
+    await store.close()  # not its pool to close
+    async with pool.acquire() as conn:
+        assert await conn.fetchval("SELECT to_regclass('vf_index_factory') IS NOT NULL")
+
+
+async def test_factory_opens_and_closes_its_own_pool(
+    catalogue_db_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("VIEWFINDER_DB_URL", catalogue_db_url)
+    store = await create_vector_store(VectorStoreSettings())
+    assert isinstance(store, PgVectorStore)
+    await store.ensure_index(IndexSchema("own_pool", [VectorField("visual", 4)]))
+    assert await store.count("own_pool") == 0
+    await store.close()
+
+
+async def test_factory_reads_kind_and_milvus_settings_from_the_environment(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("VIEWFINDER_VECTORSTORE_KIND", "milvus")
+    monkeypatch.setenv("VIEWFINDER_VECTORSTORE_UPSERT_BATCH_SIZE", "64")
+    monkeypatch.setenv("VIEWFINDER_MILVUS_URI", "http://127.0.0.1:19530")
+    settings = VectorStoreSettings()
+    assert (settings.kind, settings.upsert_batch_size, settings.milvus.uri) == (
+        "milvus",
+        64,
+        "http://127.0.0.1:19530",
+    )
+    store = await create_vector_store(settings)
+    assert isinstance(store, MilvusVectorStore)
+    try:
+        with pytest.raises(IndexNotFound):  # it reached the server and asked
+            await store.count("factory_never_created")
+    finally:
+        await store.close()
+
+
+def test_an_unknown_kind_is_a_settings_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("VIEWFINDER_VECTORSTORE_KIND", "faiss")
+    with pytest.raises(ValidationError, match="pgvector"):
+        VectorStoreSettings()
