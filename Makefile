@@ -10,7 +10,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 STACK_DIR ?= .local
-PACKAGES := libs/viewfinder libs/viewfinder-common services/ingest services/tagger services/embedder services/search services/exporter
+PACKAGES := libs/viewfinder libs/viewfinder-common libs/viewfinder-cli services/ingest services/tagger services/embedder services/search services/exporter
 PYPROJECTS := $(addsuffix /pyproject.toml,$(PACKAGES))
 # Editable installs; the shared package with its test fakes' extra.
 INSTALL_ARGS := $(addprefix -e ,$(subst libs/viewfinder-common,libs/viewfinder-common[testing],$(PACKAGES)))
@@ -45,7 +45,7 @@ lint: install ## ruff and buf lint
 	$(BIN)/buf lint
 
 typecheck: install ## mypy --strict on our code
-	$(BIN)/mypy libs/viewfinder/src libs/viewfinder-common/src tests/contracts $(foreach s,ingest tagger embedder search exporter,services/$(s)/src) deploy/local
+	$(BIN)/mypy libs/viewfinder/src libs/viewfinder-common/src libs/viewfinder-cli/src tests/contracts $(foreach s,ingest tagger embedder search exporter,services/$(s)/src) deploy/local
 
 up: install ## start the local stack (PostgreSQL+pgvector, tansu, moto S3/SQS, Milvus Lite, relay)
 	$(BIN)/python deploy/local/stack.py up

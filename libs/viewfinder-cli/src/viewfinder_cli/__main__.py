@@ -1,0 +1,5 @@
+"""``python -m viewfinder_cli``."""
+
+from viewfinder_cli.app import main
+
+main()
