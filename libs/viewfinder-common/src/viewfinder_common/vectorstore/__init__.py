@@ -6,8 +6,8 @@ with the offline model; a single field for models with one shared space) and
 only the fields needed to filter: dataset version id, file id, etag. Never the
 full metadata — the catalogue is the source of truth for that.
 
-Adapters live beside this module (pgvector, Milvus; OpenSearch, Lindorm,
-Elasticsearch, Hologres later) and are chosen by configuration
+Adapters live beside this module (pgvector, Milvus, Elasticsearch,
+OpenSearch, Lindorm, Hologres) and are chosen by configuration
 (``factory.create_vector_store``). Scores are cosine similarities where higher
 is better, so a score threshold means the same thing in every adapter.
 

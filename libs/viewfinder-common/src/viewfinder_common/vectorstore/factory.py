@@ -26,7 +26,10 @@ class VectorStoreSettings(BaseSettings):
 
     model_config = SettingsConfigDict(env_prefix="VIEWFINDER_VECTORSTORE_", extra="ignore")
 
-    kind: Literal["pgvector", "milvus"] = "pgvector"
+    # elasticsearch / opensearch / lindorm / hologres read their connection from
+    # VIEWFINDER_ELASTICSEARCH_* / VIEWFINDER_OPENSEARCH_* / VIEWFINDER_LINDORM_* /
+    # VIEWFINDER_HOLOGRES_* (settings classes beside each adapter).
+    kind: Literal["pgvector", "milvus", "elasticsearch", "opensearch", "lindorm", "hologres"] = "pgvector"
     # Rows per upsert statement / request.
     upsert_batch_size: int = Field(default=500, ge=1)
     # Milvus: "Strong" makes a search see every completed upsert; "Bounded"
@@ -54,9 +57,37 @@ async def create_vector_store(
             upsert_batch_size=settings.upsert_batch_size,
             consistency_level=settings.milvus_consistency_level,
         )
+    if settings.kind in ("elasticsearch", "opensearch", "lindorm", "hologres"):
+        return await _create_contract_tested_store(settings.kind, settings.upsert_batch_size)
     from viewfinder_common.vectorstore.pgvector import PgVectorStore  # noqa: PLC0415
 
     if pool is not None:
         return PgVectorStore(pool, upsert_batch_size=settings.upsert_batch_size)
     own_pool = await create_pool(db if db is not None else DatabaseSettings())
     return PgVectorStore(own_pool, upsert_batch_size=settings.upsert_batch_size, owns_pool=True)
+
+
+async def _create_contract_tested_store(kind: str, upsert_batch_size: int) -> VectorStore:
+    """The Elasticsearch, OpenSearch, Lindorm or Hologres adapter, configured from its own
+    environment settings (clients imported only when chosen)."""
+    if kind == "elasticsearch":
+        from viewfinder_common.vectorstore.elasticsearch import (  # noqa: PLC0415
+            ElasticsearchSettings,
+            ElasticsearchVectorStore,
+        )
+
+        return ElasticsearchVectorStore(ElasticsearchSettings(), upsert_batch_size=upsert_batch_size)
+    if kind == "hologres":
+        from viewfinder_common.vectorstore.hologres import HologresSettings, HologresVectorStore  # noqa: PLC0415
+
+        return await HologresVectorStore.connect(HologresSettings(), upsert_batch_size=upsert_batch_size)
+    from viewfinder_common.vectorstore.opensearch import (  # noqa: PLC0415 (opensearch-py only when chosen)
+        LindormSettings,
+        LindormVectorStore,
+        OpenSearchSettings,
+        OpenSearchVectorStore,
+    )
+
+    if kind == "lindorm":
+        return LindormVectorStore(LindormSettings(), upsert_batch_size=upsert_batch_size)
+    return OpenSearchVectorStore(OpenSearchSettings(), upsert_batch_size=upsert_batch_size)
