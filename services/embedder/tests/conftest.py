@@ -1,0 +1,334 @@
+"""Fixtures of the embedder's tests: the model (loaded once), catalogue rows, a bucket, a running service.
+
+Service tests run against the local stack's real servers (tansu, PostgreSQL +
+pgvector, moto S3, Milvus Lite). The offline model is heavy for 2 cores, so it
+is loaded once per session and handed to every service run.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import logging
+import socket
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import asyncpg
+import grpc
+import numpy as np
+import pytest
+import structlog
+from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from PIL import Image, ImageDraw
+
+from viewfinder.v1 import embedding_pb2_grpc, events_pb2
+from viewfinder_common.events import encode_event, event_headers
+from viewfinder_common.s3 import s3_client
+from viewfinder_common.settings import DatabaseSettings, KafkaSettings, S3Settings
+from viewfinder_common.vectorstore.factory import VectorStoreSettings
+from viewfinder_embedder.adapters.offline_model import OfflineEmbeddingModel
+from viewfinder_embedder.config import EmbedderSettings, default_model_cache_dir
+from viewfinder_embedder.main import serve
+
+STORES = ["pgvector", "milvus"]
+
+
+@pytest.fixture(scope="session")
+def offline_model() -> OfflineEmbeddingModel:
+    """The offline model, loaded (and on a fresh machine exported to ONNX) once per session."""
+    return OfflineEmbeddingModel.load(default_model_cache_dir())
+
+
+def image_bytes(seed: int, fmt: str = "PNG", size: tuple[int, int] = (96, 96)) -> bytes:
+    """A distinct synthetic picture per seed: coloured shapes on a background, optionally transparent."""
+    rng = np.random.default_rng(seed)
+    mode = "RGBA" if fmt == "PNG" else "RGB"
+    background = (*[int(v) for v in rng.integers(0, 256, 3)], 0 if seed % 2 else 255)
+    image = Image.new(mode, size, background[: len(mode)])
+    draw = ImageDraw.Draw(image)
+    for _ in range(4):
+        x0, y0 = (int(v) for v in rng.integers(0, size[0] // 2, 2))
+        x1, y1 = x0 + int(rng.integers(10, size[0] // 2)), y0 + int(rng.integers(10, size[1] // 2))
+        colour = (*[int(v) for v in rng.integers(0, 256, 3)], 255)
+        (draw.ellipse if rng.random() < 0.5 else draw.rectangle)((x0, y0, x1, y1), fill=colour[: len(mode)])
+    buffer = io.BytesIO()
+    image.save(buffer, fmt)
+    return buffer.getvalue()
+
+
+# A PNG signature and header followed by garbage: passes a header sniff, fails decoding.
+POISON = image_bytes(999)[:60] + b"\x00garbage" * 50
+
+
+@dataclass
+class Catalogue:
+    """Rows of one dataset version in the test database."""
+
+    url: str
+    dataset_id: str
+    version_id: str
+    bucket: str
+
+    async def add_files(self, keys_etags: list[tuple[str, str]]) -> list[str]:
+        """Inserts ACTIVE files; returns their ids."""
+        conn = await asyncpg.connect(self.url)
+        try:
+            ids = []
+            for key, etag in keys_etags:
+                file_id = await conn.fetchval(
+                    "INSERT INTO files (dataset_id, version_id, bucket, key, uri, size, etag, status) "
+                    "VALUES ($1, $2, $3, $4, $5, 100, $6, 'active') RETURNING id::text",
+                    uuid.UUID(self.dataset_id),
+                    uuid.UUID(self.version_id),
+                    self.bucket,
+                    key,
+                    f"s3://{self.bucket}/{key}",
+                    etag,
+                )
+                ids.append(file_id)
+            return ids
+        finally:
+            await conn.close()
+
+    async def fetch(self, sql: str, *args: Any) -> list[asyncpg.Record]:
+        """Runs a query on the test database."""
+        conn = await asyncpg.connect(self.url)
+        try:
+            rows: list[asyncpg.Record] = await conn.fetch(sql, *args)
+            return rows
+        finally:
+            await conn.close()
+
+
+@pytest.fixture
+async def catalogue(catalogue_db_url: str, unique_name: str) -> Catalogue:
+    """A dataset with one version in a fresh database."""
+    conn = await asyncpg.connect(catalogue_db_url)
+    try:
+        dataset_id = await conn.fetchval(
+            "INSERT INTO datasets (name, bucket) VALUES ($1, $2) RETURNING id::text", unique_name, unique_name
+        )
+        version_id = await conn.fetchval(
+            "INSERT INTO dataset_versions (dataset_id, number) VALUES ($1, 1) RETURNING id::text",
+            uuid.UUID(dataset_id),
+        )
+    finally:
+        await conn.close()
+    return Catalogue(catalogue_db_url, dataset_id, version_id, unique_name)
+
+
+@pytest.fixture
+async def bucket(catalogue: Catalogue) -> AsyncIterator[Callable[[str, bytes], Any]]:
+    """Creates the dataset's bucket in moto; yields ``put(key, data) -> etag``."""
+    async with s3_client(S3Settings()) as s3:
+        await s3.create_bucket(Bucket=catalogue.bucket)
+
+        async def put(key: str, data: bytes) -> str:
+            reply = await s3.put_object(Bucket=catalogue.bucket, Key=key, Body=data)
+            return str(reply["ETag"]).strip('"')
+
+        yield put
+
+
+def discovered(
+    catalogue: Catalogue, file_id: str, key: str, etag: str, change: int = events_pb2.CHANGE_TYPE_UPSERT
+) -> events_pb2.FileDiscovered:
+    """A FileDiscovered event of a file of the catalogue's version."""
+    return events_pb2.FileDiscovered(
+        event_id=str(uuid.uuid4()),
+        dataset_id=catalogue.dataset_id,
+        dataset_version_id=catalogue.version_id,
+        file_id=file_id,
+        uri=f"s3://{catalogue.bucket}/{key}",
+        bucket=catalogue.bucket,
+        key=key,
+        etag=etag if change == events_pb2.CHANGE_TYPE_UPSERT else "",
+        size=100 if change == events_pb2.CHANGE_TYPE_UPSERT else 0,
+        change_type=change,  # type: ignore[arg-type]
+        trace_id="0af7651916cd43dd8448eb211c80319c",
+    )
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+async def create_topics(topics: dict[str, int]) -> None:
+    """Creates topics (name → partitions) on the stack's broker."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=KafkaSettings().bootstrap_servers)
+    await admin.start()
+    try:
+        await admin.create_topics(
+            [NewTopic(t, num_partitions=p, replication_factor=1) for t, p in topics.items()]
+        )
+    finally:
+        await admin.close()
+
+
+async def read_topic(topic: str, count: int, timeout_s: float = 60.0) -> list[Any]:
+    """At least ``count`` records of ``topic`` from its beginning (fewer if time runs out), then a short drain."""
+    consumer = AIOKafkaConsumer(bootstrap_servers=KafkaSettings().bootstrap_servers, enable_auto_commit=False)
+    await consumer.start()
+    try:
+        partitions = consumer.partitions_for_topic(topic)
+        if not partitions:
+            await consumer.topics()
+            partitions = consumer.partitions_for_topic(topic) or set()
+        tps = [TopicPartition(topic, p) for p in sorted(partitions)]
+        consumer.assign(tps)
+        await consumer.seek_to_beginning(*tps)
+        records: list[Any] = []
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            for batch in (await consumer.getmany(timeout_ms=300)).values():
+                records.extend(batch)
+            if len(records) >= count:
+                for batch in (await consumer.getmany(timeout_ms=500)).values():
+                    records.extend(batch)
+                break
+        return records
+    finally:
+        await consumer.stop()
+
+
+async def wait_until(check: Callable[[], Any], timeout_s: float = 90.0, what: str = "condition") -> Any:
+    """Polls an async ``check`` until it returns something truthy."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        value = await check()
+        if value:
+            return value
+        assert time.monotonic() < deadline, f"{what} not reached within {timeout_s} s (last: {value!r})"
+        await asyncio.sleep(0.3)
+
+
+@dataclass
+class RunningEmbedder:
+    """A running embedder service and what the test needs to talk to it."""
+
+    settings: EmbedderSettings
+    stub: embedding_pb2_grpc.EmbedServiceStub
+    discovered_topic: str
+    embedded_topic: str
+    dlq_topic: str
+
+    async def publish(self, events: list[events_pb2.FileDiscovered]) -> None:
+        """Publishes FileDiscovered events keyed by file id, as ingest does."""
+        from aiokafka import AIOKafkaProducer  # noqa: PLC0415
+
+        producer = AIOKafkaProducer(bootstrap_servers=self.settings.kafka.bootstrap_servers, acks="all")
+        await producer.start()
+        try:
+            for event in events:
+                await producer.send_and_wait(
+                    self.discovered_topic,
+                    encode_event(event),
+                    key=event.file_id.encode(),
+                    headers=[(k, v.encode()) for k, v in event_headers(event).items()],
+                )
+        finally:
+            await producer.stop()
+
+
+@pytest.fixture
+def isolated_logging() -> Iterator[None]:
+    """The service configures process-wide logging; restore it afterwards."""
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    yield
+    root.handlers[:] = handlers
+    root.setLevel(level)
+    structlog.reset_defaults()
+    structlog.contextvars.clear_contextvars()
+
+
+EmbedderStarter = Callable[..., AbstractAsyncContextManager[RunningEmbedder]]
+
+
+@pytest.fixture
+def start_embedder(
+    catalogue: Catalogue, unique_name: str, offline_model: OfflineEmbeddingModel, isolated_logging: None
+) -> EmbedderStarter:
+    """``async with start_embedder(store="pgvector") as embedder:`` runs main.serve until the block ends."""
+    created: list[str] = []
+
+    @asynccontextmanager
+    async def start(store: str = "pgvector", **overrides: Any) -> AsyncIterator[RunningEmbedder]:
+        discovered_topic = f"{unique_name}.file-discovered"
+        embedded_topic = f"{unique_name}.file-embedded"
+        dlq_topic = f"{discovered_topic}.dlq.embedder"
+        if not created:
+            await create_topics({discovered_topic: 2, embedded_topic: 1, dlq_topic: 1})
+            created.append(discovered_topic)
+        values: dict[str, Any] = {
+            "grpc_port": _free_port(),
+            "db": DatabaseSettings(url=catalogue.url),
+            "kafka": KafkaSettings(
+                topic_file_discovered=discovered_topic, topic_file_embedded=embedded_topic
+            ),
+            "vector_store": VectorStoreSettings(kind=store),
+            "consumer_group": f"{unique_name}-embedder",
+            "decode_workers": 1,
+            "fetch_concurrency": 8,
+            "retry_backoff_s": 0.5,
+            "job_poll_interval_s": 0.3,
+            "shutdown_grace_s": 1.0,
+            "log_json": False,
+        }
+        values.update(overrides)
+        settings = EmbedderSettings.model_validate(values)
+        stop = asyncio.Event()
+        task = asyncio.create_task(serve(stop, settings, preloaded={"offline": offline_model}))
+        channel = grpc.aio.insecure_channel(f"127.0.0.1:{settings.grpc_port}")
+        try:
+            health = health_pb2_grpc.HealthStub(channel)
+            deadline = time.monotonic() + 90
+            while True:
+                if task.done():
+                    task.result()
+                    raise AssertionError("the embedder stopped during startup")
+                try:
+                    reply = await health.Check(health_pb2.HealthCheckRequest(service=""), timeout=1)
+                    if reply.status == health_pb2.HealthCheckResponse.SERVING:
+                        break
+                except grpc.aio.AioRpcError:
+                    pass
+                assert time.monotonic() < deadline, "the embedder did not become healthy"
+                await asyncio.sleep(0.1)
+            yield RunningEmbedder(
+                settings,
+                embedding_pb2_grpc.EmbedServiceStub(channel),
+                discovered_topic,
+                embedded_topic,
+                dlq_topic,
+            )
+        finally:
+            stop.set()
+            await channel.close()
+            await asyncio.wait_for(task, 60)
+
+    return start
+
+
+@pytest.fixture
+def helpers() -> Any:
+    """Module-level helpers of this conftest (importlib mode cannot import conftest)."""
+
+    class Helpers:
+        image_bytes = staticmethod(image_bytes)
+        discovered = staticmethod(discovered)
+        read_topic = staticmethod(read_topic)
+        wait_until = staticmethod(wait_until)
+        poison = POISON
+
+    return Helpers
