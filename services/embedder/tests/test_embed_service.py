@@ -119,6 +119,26 @@ async def test_embed_service_round_trip(
                 )
                 assert hits[0].file_id == file_ids[n]
                 assert hits[0].score > 0.999
+            # The zero-shot tagger asks for the field it shares with text queries.
+            semantic = await stub.EmbedImage(
+                embedding_pb2.EmbedImageRequest(
+                    dataset_id=catalogue.dataset_id, image_bytes=images[0], vector_fields=["semantic"]
+                ),
+                timeout=30,
+            )
+            assert [v.field for v in semantic.vectors] == ["semantic"]
+            text = await stub.EmbedText(
+                embedding_pb2.EmbedTextRequest(dataset_id=catalogue.dataset_id, text="a cat"), timeout=30
+            )
+            assert len(semantic.vectors[0].values) == len(text.vectors[0].values)
+            with pytest.raises(grpc.aio.AioRpcError) as unknown:
+                await stub.EmbedImage(
+                    embedding_pb2.EmbedImageRequest(
+                        dataset_id=catalogue.dataset_id, image_bytes=images[0], vector_fields=["colour"]
+                    ),
+                    timeout=30,
+                )
+            assert unknown.value.code() == grpc.StatusCode.INVALID_ARGUMENT
         finally:
             await store.close()
 

@@ -26,17 +26,17 @@ from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__
 from viewfinder.v1 import common_pb2 as viewfinder_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1dviewfinder/v1/embedding.proto\x12\rviewfinder.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1aviewfinder/v1/common.proto\"(\n\tModelInfo\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\"\x8c\x01\n\x0bVectorField\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x11\n\tdimension\x18\x02 \x01(\x05\x12-\n\x06metric\x18\x03 \x01(\x0e\x32\x1d.viewfinder.v1.DistanceMetric\x12-\n\x0bquery_kinds\x18\x04 \x03(\x0e\x32\x18.viewfinder.v1.QueryKind\",\n\x0bNamedVector\x12\r\n\x05\x66ield\x18\x01 \x01(\t\x12\x0e\n\x06values\x18\x02 \x03(\x02\"\x8d\x02\n\x05Index\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x12\n\ndataset_id\x18\x02 \x01(\t\x12\'\n\x05model\x18\x03 \x01(\x0b\x32\x18.viewfinder.v1.ModelInfo\x12\x18\n\x10model_connection\x18\x04 \x01(\t\x12\x1f\n\x17vector_store_connection\x18\x05 \x01(\t\x12*\n\x06\x66ields\x18\x06 \x03(\x0b\x32\x1a.viewfinder.v1.VectorField\x12\x11\n\trow_count\x18\x07 \x01(\x03\x12\x0e\n\x06\x61\x63tive\x18\x08 \x01(\x08\x12/\n\x0b\x63reate_time\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"Q\n\x0bIndexCounts\x12\x10\n\x08\x65mbedded\x18\x01 \x01(\x03\x12\x0f\n\x07\x64\x65leted\x18\x02 \x01(\x03\x12\x0e\n\x06\x66\x61iled\x18\x03 \x01(\x03\x12\x0f\n\x07skipped\x18\x04 \x01(\x03\"\xc7\x01\n\x08IndexJob\x12\x1f\n\x03job\x18\x01 \x01(\x0b\x32\x12.viewfinder.v1.Job\x12\x12\n\nindex_name\x18\x02 \x01(\t\x12\'\n\x05model\x18\x03 \x01(\x0b\x32\x18.viewfinder.v1.ModelInfo\x12\x17\n\x0fmax_concurrency\x18\x04 \x01(\x05\x12*\n\x06\x63ounts\x18\x05 \x01(\x0b\x32\x1a.viewfinder.v1.IndexCounts\x12\x18\n\x10model_connection\x18\x06 \x01(\t\"H\n\x10\x45mbedTextRequest\x12\x12\n\ndataset_id\x18\x01 \x01(\t\x12\x12\n\nindex_name\x18\x02 \x01(\t\x12\x0c\n\x04text\x18\x03 \x01(\t\"}\n\x11\x45mbedTextResponse\x12+\n\x07vectors\x18\x01 \x03(\x0b\x32\x1a.viewfinder.v1.NamedVector\x12\'\n\x05model\x18\x02 \x01(\x0b\x32\x18.viewfinder.v1.ModelInfo\x12\x12\n\nindex_name\x18\x03 \x01(\t\"p\n\x11\x45mbedImageRequest\x12\x12\n\ndataset_id\x18\x01 \x01(\t\x12\x12\n\nindex_name\x18\x02 \x01(\t\x12\x15\n\x0bimage_bytes\x18\x03 \x01(\x0cH\x00\x12\x13\n\timage_uri\x18\x04 \x01(\tH\x00\x42\x07\n\x05image\"~\n\x12\x45mbedImageResponse\x12+\n\x07vectors\x18\x01 \x03(\x0b\x32\x1a.viewfinder.v1.NamedVector\x12\'\n\x05model\x18\x02 \x01(\x0b\x32\x18.viewfinder.v1.ModelInfo\x12\x12\n\nindex_name\x18\x03 \x01(\t\"%\n\x0fGetIndexRequest\x12\x12\n\nindex_name\x18\x01 \x01(\t\"7\n\x10GetIndexResponse\x12#\n\x05index\x18\x01 \x01(\x0b\x32\x14.viewfinder.v1.Index\"(\n\x12ListIndexesRequest\x12\x12\n\ndataset_id\x18\x01 \x01(\t\"<\n\x13ListIndexesResponse\x12%\n\x07indexes\x18\x01 \x03(\x0b\x32\x14.viewfinder.v1.Index\"\xdd\x01\n\x14StartIndexJobRequest\x12\x1a\n\x12\x64\x61taset_version_id\x18\x01 \x01(\t\x12\x12\n\nindex_name\x18\x02 \x01(\t\x12\x18\n\x10model_connection\x18\x03 \x01(\t\x12\x1f\n\x17vector_store_connection\x18\x04 \x01(\t\x12$\n\x04mode\x18\x05 \x01(\x0e\x32\x16.viewfinder.v1.JobMode\x12\x17\n\x0fmax_concurrency\x18\x06 \x01(\x05\x12\x1b\n\x13\x61\x63tivate_on_success\x18\x07 \x01(\x08\"=\n\x15StartIndexJobResponse\x12$\n\x03job\x18\x01 \x01(\x0b\x32\x17.viewfinder.v1.IndexJob\"$\n\x12GetIndexJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\";\n\x13GetIndexJobResponse\x12$\n\x03job\x18\x01 \x01(\x0b\x32\x17.viewfinder.v1.IndexJob\"\'\n\x15\x43\x61ncelIndexJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\">\n\x16\x43\x61ncelIndexJobResponse\x12$\n\x03job\x18\x01 \x01(\x0b\x32\x17.viewfinder.v1.IndexJob\"\'\n\x15ResumeIndexJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\">\n\x16ResumeIndexJobResponse\x12$\n\x03job\x18\x01 \x01(\x0b\x32\x17.viewfinder.v1.IndexJob*R\n\tQueryKind\x12\x1a\n\x16QUERY_KIND_UNSPECIFIED\x10\x00\x12\x13\n\x0fQUERY_KIND_TEXT\x10\x01\x12\x14\n\x10QUERY_KIND_IMAGE\x10\x02*\x88\x01\n\x0e\x44istanceMetric\x12\x1f\n\x1b\x44ISTANCE_METRIC_UNSPECIFIED\x10\x00\x12\x1a\n\x16\x44ISTANCE_METRIC_COSINE\x10\x01\x12!\n\x1d\x44ISTANCE_METRIC_INNER_PRODUCT\x10\x02\x12\x16\n\x12\x44ISTANCE_METRIC_L2\x10\x03\x32\xc4\x05\n\x0c\x45mbedService\x12N\n\tEmbedText\x12\x1f.viewfinder.v1.EmbedTextRequest\x1a .viewfinder.v1.EmbedTextResponse\x12Q\n\nEmbedImage\x12 .viewfinder.v1.EmbedImageRequest\x1a!.viewfinder.v1.EmbedImageResponse\x12K\n\x08GetIndex\x12\x1e.viewfinder.v1.GetIndexRequest\x1a\x1f.viewfinder.v1.GetIndexResponse\x12T\n\x0bListIndexes\x12!.viewfinder.v1.ListIndexesRequest\x1a\".viewfinder.v1.ListIndexesResponse\x12Z\n\rStartIndexJob\x12#.viewfinder.v1.StartIndexJobRequest\x1a$.viewfinder.v1.StartIndexJobResponse\x12T\n\x0bGetIndexJob\x12!.viewfinder.v1.GetIndexJobRequest\x1a\".viewfinder.v1.GetIndexJobResponse\x12]\n\x0e\x43\x61ncelIndexJob\x12$.viewfinder.v1.CancelIndexJobRequest\x1a%.viewfinder.v1.CancelIndexJobResponse\x12]\n\x0eResumeIndexJob\x12$.viewfinder.v1.ResumeIndexJobRequest\x1a%.viewfinder.v1.ResumeIndexJobResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1dviewfinder/v1/embedding.proto\x12\rviewfinder.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1aviewfinder/v1/common.proto\"(\n\tModelInfo\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\"\x8c\x01\n\x0bVectorField\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x11\n\tdimension\x18\x02 \x01(\x05\x12-\n\x06metric\x18\x03 \x01(\x0e\x32\x1d.viewfinder.v1.DistanceMetric\x12-\n\x0bquery_kinds\x18\x04 \x03(\x0e\x32\x18.viewfinder.v1.QueryKind\",\n\x0bNamedVector\x12\r\n\x05\x66ield\x18\x01 \x01(\t\x12\x0e\n\x06values\x18\x02 \x03(\x02\"\x8d\x02\n\x05Index\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x12\n\ndataset_id\x18\x02 \x01(\t\x12\'\n\x05model\x18\x03 \x01(\x0b\x32\x18.viewfinder.v1.ModelInfo\x12\x18\n\x10model_connection\x18\x04 \x01(\t\x12\x1f\n\x17vector_store_connection\x18\x05 \x01(\t\x12*\n\x06\x66ields\x18\x06 \x03(\x0b\x32\x1a.viewfinder.v1.VectorField\x12\x11\n\trow_count\x18\x07 \x01(\x03\x12\x0e\n\x06\x61\x63tive\x18\x08 \x01(\x08\x12/\n\x0b\x63reate_time\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"Q\n\x0bIndexCounts\x12\x10\n\x08\x65mbedded\x18\x01 \x01(\x03\x12\x0f\n\x07\x64\x65leted\x18\x02 \x01(\x03\x12\x0e\n\x06\x66\x61iled\x18\x03 \x01(\x03\x12\x0f\n\x07skipped\x18\x04 \x01(\x03\"\xc7\x01\n\x08IndexJob\x12\x1f\n\x03job\x18\x01 \x01(\x0b\x32\x12.viewfinder.v1.Job\x12\x12\n\nindex_name\x18\x02 \x01(\t\x12\'\n\x05model\x18\x03 \x01(\x0b\x32\x18.viewfinder.v1.ModelInfo\x12\x17\n\x0fmax_concurrency\x18\x04 \x01(\x05\x12*\n\x06\x63ounts\x18\x05 \x01(\x0b\x32\x1a.viewfinder.v1.IndexCounts\x12\x18\n\x10model_connection\x18\x06 \x01(\t\"H\n\x10\x45mbedTextRequest\x12\x12\n\ndataset_id\x18\x01 \x01(\t\x12\x12\n\nindex_name\x18\x02 \x01(\t\x12\x0c\n\x04text\x18\x03 \x01(\t\"}\n\x11\x45mbedTextResponse\x12+\n\x07vectors\x18\x01 \x03(\x0b\x32\x1a.viewfinder.v1.NamedVector\x12\'\n\x05model\x18\x02 \x01(\x0b\x32\x18.viewfinder.v1.ModelInfo\x12\x12\n\nindex_name\x18\x03 \x01(\t\"\x87\x01\n\x11\x45mbedImageRequest\x12\x12\n\ndataset_id\x18\x01 \x01(\t\x12\x12\n\nindex_name\x18\x02 \x01(\t\x12\x15\n\x0bimage_bytes\x18\x03 \x01(\x0cH\x00\x12\x13\n\timage_uri\x18\x04 \x01(\tH\x00\x12\x15\n\rvector_fields\x18\x05 \x03(\tB\x07\n\x05image\"~\n\x12\x45mbedImageResponse\x12+\n\x07vectors\x18\x01 \x03(\x0b\x32\x1a.viewfinder.v1.NamedVector\x12\'\n\x05model\x18\x02 \x01(\x0b\x32\x18.viewfinder.v1.ModelInfo\x12\x12\n\nindex_name\x18\x03 \x01(\t\"%\n\x0fGetIndexRequest\x12\x12\n\nindex_name\x18\x01 \x01(\t\"7\n\x10GetIndexResponse\x12#\n\x05index\x18\x01 \x01(\x0b\x32\x14.viewfinder.v1.Index\"(\n\x12ListIndexesRequest\x12\x12\n\ndataset_id\x18\x01 \x01(\t\"<\n\x13ListIndexesResponse\x12%\n\x07indexes\x18\x01 \x03(\x0b\x32\x14.viewfinder.v1.Index\"\xdd\x01\n\x14StartIndexJobRequest\x12\x1a\n\x12\x64\x61taset_version_id\x18\x01 \x01(\t\x12\x12\n\nindex_name\x18\x02 \x01(\t\x12\x18\n\x10model_connection\x18\x03 \x01(\t\x12\x1f\n\x17vector_store_connection\x18\x04 \x01(\t\x12$\n\x04mode\x18\x05 \x01(\x0e\x32\x16.viewfinder.v1.JobMode\x12\x17\n\x0fmax_concurrency\x18\x06 \x01(\x05\x12\x1b\n\x13\x61\x63tivate_on_success\x18\x07 \x01(\x08\"=\n\x15StartIndexJobResponse\x12$\n\x03job\x18\x01 \x01(\x0b\x32\x17.viewfinder.v1.IndexJob\"$\n\x12GetIndexJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\";\n\x13GetIndexJobResponse\x12$\n\x03job\x18\x01 \x01(\x0b\x32\x17.viewfinder.v1.IndexJob\"\'\n\x15\x43\x61ncelIndexJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\">\n\x16\x43\x61ncelIndexJobResponse\x12$\n\x03job\x18\x01 \x01(\x0b\x32\x17.viewfinder.v1.IndexJob\"\'\n\x15ResumeIndexJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\">\n\x16ResumeIndexJobResponse\x12$\n\x03job\x18\x01 \x01(\x0b\x32\x17.viewfinder.v1.IndexJob*R\n\tQueryKind\x12\x1a\n\x16QUERY_KIND_UNSPECIFIED\x10\x00\x12\x13\n\x0fQUERY_KIND_TEXT\x10\x01\x12\x14\n\x10QUERY_KIND_IMAGE\x10\x02*\x88\x01\n\x0e\x44istanceMetric\x12\x1f\n\x1b\x44ISTANCE_METRIC_UNSPECIFIED\x10\x00\x12\x1a\n\x16\x44ISTANCE_METRIC_COSINE\x10\x01\x12!\n\x1d\x44ISTANCE_METRIC_INNER_PRODUCT\x10\x02\x12\x16\n\x12\x44ISTANCE_METRIC_L2\x10\x03\x32\xc4\x05\n\x0c\x45mbedService\x12N\n\tEmbedText\x12\x1f.viewfinder.v1.EmbedTextRequest\x1a .viewfinder.v1.EmbedTextResponse\x12Q\n\nEmbedImage\x12 .viewfinder.v1.EmbedImageRequest\x1a!.viewfinder.v1.EmbedImageResponse\x12K\n\x08GetIndex\x12\x1e.viewfinder.v1.GetIndexRequest\x1a\x1f.viewfinder.v1.GetIndexResponse\x12T\n\x0bListIndexes\x12!.viewfinder.v1.ListIndexesRequest\x1a\".viewfinder.v1.ListIndexesResponse\x12Z\n\rStartIndexJob\x12#.viewfinder.v1.StartIndexJobRequest\x1a$.viewfinder.v1.StartIndexJobResponse\x12T\n\x0bGetIndexJob\x12!.viewfinder.v1.GetIndexJobRequest\x1a\".viewfinder.v1.GetIndexJobResponse\x12]\n\x0e\x43\x61ncelIndexJob\x12$.viewfinder.v1.CancelIndexJobRequest\x1a%.viewfinder.v1.CancelIndexJobResponse\x12]\n\x0eResumeIndexJob\x12$.viewfinder.v1.ResumeIndexJobRequest\x1a%.viewfinder.v1.ResumeIndexJobResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'viewfinder.v1.embedding_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_QUERYKIND']._serialized_start=2136
-  _globals['_QUERYKIND']._serialized_end=2218
-  _globals['_DISTANCEMETRIC']._serialized_start=2221
-  _globals['_DISTANCEMETRIC']._serialized_end=2357
+  _globals['_QUERYKIND']._serialized_start=2160
+  _globals['_QUERYKIND']._serialized_end=2242
+  _globals['_DISTANCEMETRIC']._serialized_start=2245
+  _globals['_DISTANCEMETRIC']._serialized_end=2381
   _globals['_MODELINFO']._serialized_start=109
   _globals['_MODELINFO']._serialized_end=149
   _globals['_VECTORFIELD']._serialized_start=152
@@ -53,34 +53,34 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_EMBEDTEXTREQUEST']._serialized_end=969
   _globals['_EMBEDTEXTRESPONSE']._serialized_start=971
   _globals['_EMBEDTEXTRESPONSE']._serialized_end=1096
-  _globals['_EMBEDIMAGEREQUEST']._serialized_start=1098
-  _globals['_EMBEDIMAGEREQUEST']._serialized_end=1210
-  _globals['_EMBEDIMAGERESPONSE']._serialized_start=1212
-  _globals['_EMBEDIMAGERESPONSE']._serialized_end=1338
-  _globals['_GETINDEXREQUEST']._serialized_start=1340
-  _globals['_GETINDEXREQUEST']._serialized_end=1377
-  _globals['_GETINDEXRESPONSE']._serialized_start=1379
-  _globals['_GETINDEXRESPONSE']._serialized_end=1434
-  _globals['_LISTINDEXESREQUEST']._serialized_start=1436
-  _globals['_LISTINDEXESREQUEST']._serialized_end=1476
-  _globals['_LISTINDEXESRESPONSE']._serialized_start=1478
-  _globals['_LISTINDEXESRESPONSE']._serialized_end=1538
-  _globals['_STARTINDEXJOBREQUEST']._serialized_start=1541
-  _globals['_STARTINDEXJOBREQUEST']._serialized_end=1762
-  _globals['_STARTINDEXJOBRESPONSE']._serialized_start=1764
-  _globals['_STARTINDEXJOBRESPONSE']._serialized_end=1825
-  _globals['_GETINDEXJOBREQUEST']._serialized_start=1827
-  _globals['_GETINDEXJOBREQUEST']._serialized_end=1863
-  _globals['_GETINDEXJOBRESPONSE']._serialized_start=1865
-  _globals['_GETINDEXJOBRESPONSE']._serialized_end=1924
-  _globals['_CANCELINDEXJOBREQUEST']._serialized_start=1926
-  _globals['_CANCELINDEXJOBREQUEST']._serialized_end=1965
-  _globals['_CANCELINDEXJOBRESPONSE']._serialized_start=1967
-  _globals['_CANCELINDEXJOBRESPONSE']._serialized_end=2029
-  _globals['_RESUMEINDEXJOBREQUEST']._serialized_start=2031
-  _globals['_RESUMEINDEXJOBREQUEST']._serialized_end=2070
-  _globals['_RESUMEINDEXJOBRESPONSE']._serialized_start=2072
-  _globals['_RESUMEINDEXJOBRESPONSE']._serialized_end=2134
-  _globals['_EMBEDSERVICE']._serialized_start=2360
-  _globals['_EMBEDSERVICE']._serialized_end=3068
+  _globals['_EMBEDIMAGEREQUEST']._serialized_start=1099
+  _globals['_EMBEDIMAGEREQUEST']._serialized_end=1234
+  _globals['_EMBEDIMAGERESPONSE']._serialized_start=1236
+  _globals['_EMBEDIMAGERESPONSE']._serialized_end=1362
+  _globals['_GETINDEXREQUEST']._serialized_start=1364
+  _globals['_GETINDEXREQUEST']._serialized_end=1401
+  _globals['_GETINDEXRESPONSE']._serialized_start=1403
+  _globals['_GETINDEXRESPONSE']._serialized_end=1458
+  _globals['_LISTINDEXESREQUEST']._serialized_start=1460
+  _globals['_LISTINDEXESREQUEST']._serialized_end=1500
+  _globals['_LISTINDEXESRESPONSE']._serialized_start=1502
+  _globals['_LISTINDEXESRESPONSE']._serialized_end=1562
+  _globals['_STARTINDEXJOBREQUEST']._serialized_start=1565
+  _globals['_STARTINDEXJOBREQUEST']._serialized_end=1786
+  _globals['_STARTINDEXJOBRESPONSE']._serialized_start=1788
+  _globals['_STARTINDEXJOBRESPONSE']._serialized_end=1849
+  _globals['_GETINDEXJOBREQUEST']._serialized_start=1851
+  _globals['_GETINDEXJOBREQUEST']._serialized_end=1887
+  _globals['_GETINDEXJOBRESPONSE']._serialized_start=1889
+  _globals['_GETINDEXJOBRESPONSE']._serialized_end=1948
+  _globals['_CANCELINDEXJOBREQUEST']._serialized_start=1950
+  _globals['_CANCELINDEXJOBREQUEST']._serialized_end=1989
+  _globals['_CANCELINDEXJOBRESPONSE']._serialized_start=1991
+  _globals['_CANCELINDEXJOBRESPONSE']._serialized_end=2053
+  _globals['_RESUMEINDEXJOBREQUEST']._serialized_start=2055
+  _globals['_RESUMEINDEXJOBREQUEST']._serialized_end=2094
+  _globals['_RESUMEINDEXJOBRESPONSE']._serialized_start=2096
+  _globals['_RESUMEINDEXJOBRESPONSE']._serialized_end=2158
+  _globals['_EMBEDSERVICE']._serialized_start=2384
+  _globals['_EMBEDSERVICE']._serialized_end=3092
 # @@protoc_insertion_point(module_scope)

@@ -383,6 +383,7 @@ class EmbedImageRequest(_message.Message):
     INDEX_NAME_FIELD_NUMBER: _builtins.int
     IMAGE_BYTES_FIELD_NUMBER: _builtins.int
     IMAGE_URI_FIELD_NUMBER: _builtins.int
+    VECTOR_FIELDS_FIELD_NUMBER: _builtins.int
     dataset_id: _builtins.str
     """Dataset whose index's model to use."""
     index_name: _builtins.str
@@ -393,6 +394,13 @@ class EmbedImageRequest(_message.Message):
     """Location of an image in a bucket the dataset's storage connection can
     read, e.g. "s3://bucket/key.jpg".
     """
+    @_builtins.property
+    def vector_fields(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Named vector fields to return; empty means the fields that answer image
+        queries. The zero-shot tagger asks for the field it shares with text
+        queries (e.g. "semantic") to score tag texts against the image.
+        """
+
     def __init__(
         self,
         *,
@@ -400,10 +408,11 @@ class EmbedImageRequest(_message.Message):
         index_name: _builtins.str = ...,
         image_bytes: _builtins.bytes = ...,
         image_uri: _builtins.str = ...,
+        vector_fields: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["image", b"image", "image_bytes", b"image_bytes", "image_uri", b"image_uri"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["dataset_id", b"dataset_id", "image", b"image", "image_bytes", b"image_bytes", "image_uri", b"image_uri", "index_name", b"index_name"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["dataset_id", b"dataset_id", "image", b"image", "image_bytes", b"image_bytes", "image_uri", b"image_uri", "index_name", b"index_name", "vector_fields", b"vector_fields"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType_image: _TypeAlias = _typing.Literal["image_bytes", "image_uri"]  # noqa: Y015
     _WhichOneofArgType_image: _TypeAlias = _typing.Literal["image", b"image"]  # noqa: Y015

@@ -9,6 +9,7 @@ index would be built with.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from viewfinder_common.errors import InvalidArgument, NotFound
@@ -82,8 +83,14 @@ class QueryEmbedder:
             {f.name: [float(v) for v in vectors[f.name][0]] for f in fields}, model.identity, used_index
         )
 
-    async def embed_image(self, dataset_id: str, index_name: str, *, data: bytes, uri: str) -> QueryVectors:
-        """The image's vectors (bytes or an s3:// URI) in the fields that answer image queries."""
+    async def embed_image(
+        self, dataset_id: str, index_name: str, *, data: bytes, uri: str, vector_fields: Sequence[str] = ()
+    ) -> QueryVectors:
+        """The image's vectors (bytes or an s3:// URI).
+
+        In the fields that answer image queries, or in ``vector_fields`` when
+        given (the zero-shot tagger wants the field shared with text queries).
+        """
         if uri:
             bucket, key = parse_s3_uri(uri)
             try:
@@ -93,6 +100,14 @@ class QueryEmbedder:
         if not data:
             raise InvalidArgument("no image: set image_bytes or image_uri")
         model, fields, used_index = await self._model(dataset_id, index_name, QueryKind.IMAGE)
+        if vector_fields:
+            by_name = {f.name: f for f in model.fields}
+            unknown = sorted(set(vector_fields) - set(by_name))
+            if unknown:
+                raise InvalidArgument(
+                    f"model {model.identity.id} has no vector field(s) {unknown}; it has {sorted(by_name)}"
+                )
+            fields = [by_name[name] for name in dict.fromkeys(vector_fields)]
         if not fields:
             raise InvalidArgument(f"model {model.identity.id} has no vector field that answers image queries")
         decoded = await self._decoder.decode(data, model.image_size)

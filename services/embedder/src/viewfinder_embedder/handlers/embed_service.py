@@ -141,7 +141,11 @@ class EmbedServicer(embedding_pb2_grpc.EmbedServiceServicer):
     ) -> embedding_pb2.EmbedImageResponse:
         """Vectors of a query image (bytes or s3:// URI) in the fields that answer image queries."""
         result = await self._queries.embed_image(
-            request.dataset_id, request.index_name, data=request.image_bytes, uri=request.image_uri
+            request.dataset_id,
+            request.index_name,
+            data=request.image_bytes,
+            uri=request.image_uri,
+            vector_fields=list(request.vector_fields),
         )
         return embedding_pb2.EmbedImageResponse(
             vectors=_vectors(result), model=_model(result.model), index_name=result.index_name

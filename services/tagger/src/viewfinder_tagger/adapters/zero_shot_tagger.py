@@ -113,7 +113,10 @@ class ZeroShotTagger:
         image_reply = await self._call(
             lambda: stub.EmbedImage(
                 embedding_pb2.EmbedImageRequest(
-                    dataset_id=target.dataset_id, index_name=self._config.index_name, image_bytes=image_bytes
+                    dataset_id=target.dataset_id,
+                    index_name=self._config.index_name,
+                    image_bytes=image_bytes,
+                    vector_fields=[self._config.vector_field],
                 ),
                 timeout=self._config.request_timeout_s,
             ),
