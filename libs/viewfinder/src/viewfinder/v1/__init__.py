@@ -1,4 +1,4 @@
 """Generated from proto/viewfinder/v1 by scripts/proto.sh. Do not edit.
 
 Modules: messages in <name>_pb2, gRPC stubs and servicers in <name>_pb2_grpc, for
-common, dataset, embedding, events, export, labeling, search."""
+common, connection, dataset, embedding, events, export, labeling, search."""
