@@ -8,9 +8,14 @@ import uuid
 import asyncpg
 import numpy as np
 import pytest
+from cryptography.fernet import Fernet
 from pydantic import SecretStr
 from pymilvus import AsyncMilvusClient
 
+from viewfinder_common.connections.models import ConnectionKind, ConnectionSpec, SecretSpec
+from viewfinder_common.connections.secrets import SecretVault
+from viewfinder_common.connections.settings import ConnectionSettings
+from viewfinder_common.connections.store import ConnectionStore
 from viewfinder_common.settings import MilvusSettings
 from viewfinder_common.testing.fake_dashscope import FakeDashScopeServer
 from viewfinder_common.testing.fake_pai_eas import FakePaiEasServer
@@ -27,6 +32,7 @@ from viewfinder_common.vectorstore import (
 from viewfinder_common.vectorstore.elasticsearch import ElasticsearchSettings, ElasticsearchVectorStore
 from viewfinder_common.vectorstore.milvus import MilvusVectorStore
 from viewfinder_common.vectorstore.pgvector import PgVectorStore
+from viewfinder_embedder.adapters.registries import ModelRegistry, stored_model_loader
 from viewfinder_embedder.adapters.remote_models import (
     FIELD_NAME,
     RemoteEmbeddingModel,
@@ -34,6 +40,7 @@ from viewfinder_embedder.adapters.remote_models import (
     connect_model,
     connect_pai_eas,
 )
+from viewfinder_embedder.config import OfflineModelSettings
 from viewfinder_embedder.domain.model import ModelError, QueryKind
 
 
@@ -162,3 +169,30 @@ async def test_connect_model_builds_the_model_of_a_stored_connection_kind() -> N
         await model.close()
     with pytest.raises(ValueError, match="not a remote or directory embedding model"):
         await connect_model("milvus", {"uri": "http://m:19530"}, None)
+
+
+async def test_the_model_registry_loads_a_connection_stored_through_connection_service(
+    catalogue_db_url: str,
+) -> None:
+    pool = await asyncpg.create_pool(catalogue_db_url, min_size=1, max_size=2)
+    assert pool is not None
+    try:
+        async with FakeDashScopeServer(api_key="k-stored") as fake:
+            settings = ConnectionSettings(secret_key=SecretStr(Fernet.generate_key().decode()))
+            vault = SecretVault(settings)
+            spec = ConnectionSpec(
+                name="vision-plus",
+                kind=ConnectionKind.DASHSCOPE_EMBEDDING,
+                config={"model": "tongyi-embedding-vision-plus", "base_url": fake.base_url},
+            )
+            ciphertext, reference = vault.seal(SecretSpec(value="k-stored"))
+            await ConnectionStore(pool).create(spec, secret_ciphertext=ciphertext, secret_reference=reference)
+            registry = ModelRegistry({}, OfflineModelSettings(), stored=stored_model_loader(pool, settings))
+            model = await registry.model("vision-plus")
+            assert [f.dimension for f in model.fields] == [1152]
+            assert await registry.model("vision-plus") is model  # loaded once
+            with pytest.raises(KeyError):
+                await registry.model("no-such-connection")
+            await registry.close()
+    finally:
+        await pool.close()

@@ -9,6 +9,7 @@ from typing import Literal
 from pydantic import BaseModel, Field
 from pydantic_settings import SettingsConfigDict
 
+from viewfinder_common.connections.settings import ConnectionSettings
 from viewfinder_common.settings import ServiceSettings
 from viewfinder_common.vectorstore.factory import VectorStoreSettings
 
@@ -58,6 +59,9 @@ class EmbedderSettings(ServiceSettings):
     )
     # Used for a dataset whose indexing settings name none.
     default_model_connection: str = "offline"
+    # Connections stored through ConnectionService (DashScope, PAI-EAS, CLIP
+    # directory) are used by name; their secrets open with this key.
+    connections: ConnectionSettings = Field(default_factory=ConnectionSettings)
     offline_model: OfflineModelSettings = Field(default_factory=OfflineModelSettings)
     vector_store: VectorStoreSettings = Field(default_factory=VectorStoreSettings)
 

@@ -15,7 +15,7 @@ from viewfinder_embedder.adapters.decode_pool import ProcessPoolDecoder
 from viewfinder_embedder.adapters.jobs import PgIndexJobStore
 from viewfinder_embedder.adapters.kafka import KafkaEventSink
 from viewfinder_embedder.adapters.objects import S3ObjectReader
-from viewfinder_embedder.adapters.registries import ModelRegistry, VectorStoreRegistry
+from viewfinder_embedder.adapters.registries import ModelRegistry, VectorStoreRegistry, stored_model_loader
 from viewfinder_embedder.config import EmbedderSettings
 from viewfinder_embedder.domain.file_embedder import FileEmbedder
 from viewfinder_embedder.domain.index_jobs import IndexJobRunner
@@ -40,7 +40,12 @@ async def build(
     assert isinstance(settings, EmbedderSettings)
     stack = resources.exit_stack
 
-    models = ModelRegistry(settings.model_connections, settings.offline_model, preloaded=preloaded)
+    models = ModelRegistry(
+        settings.model_connections,
+        settings.offline_model,
+        preloaded=preloaded,
+        stored=stored_model_loader(resources.pool, settings.connections),
+    )
     stack.push_async_callback(models.close)
     # Load the default model now: a broken install fails the start, not the first file.
     await models.model(settings.default_model_connection)

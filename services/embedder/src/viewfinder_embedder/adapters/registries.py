@@ -3,13 +3,19 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 
 import asyncpg
 
+from viewfinder_common.connections.resolve import resolve_connection
+from viewfinder_common.connections.secrets import SecretVault
+from viewfinder_common.connections.settings import ConnectionSettings
+from viewfinder_common.connections.store import ConnectionStore
+from viewfinder_common.errors import NotFound
 from viewfinder_common.vectorstore import VectorStore
 from viewfinder_common.vectorstore.factory import VectorStoreSettings, create_vector_store
 from viewfinder_embedder.adapters.offline_model import OfflineEmbeddingModel
+from viewfinder_embedder.adapters.remote_models import connect_model
 from viewfinder_embedder.config import ModelConnection, OfflineModelSettings
 from viewfinder_embedder.domain.model import EmbeddingModel
 
@@ -21,6 +27,24 @@ def load_offline_model(settings: OfflineModelSettings) -> OfflineEmbeddingModel:
     )
 
 
+# Builds the model of a connection stored through ConnectionService, by name.
+StoredModelLoader = Callable[[str], Awaitable[EmbeddingModel]]
+
+
+def stored_model_loader(pool: asyncpg.Pool, settings: ConnectionSettings) -> StoredModelLoader:
+    """Loads models of stored connections: resolve name → kind, config, secret → model."""
+    store, vault = ConnectionStore(pool), SecretVault(settings)
+
+    async def load(name: str) -> EmbeddingModel:
+        try:
+            resolved = await resolve_connection(store, vault, name)
+        except NotFound:
+            raise KeyError(name) from None
+        return await connect_model(resolved.spec.kind.value, resolved.spec.config, resolved.secret)
+
+    return load
+
+
 class ModelRegistry:
     """``ModelProvider`` over the configured model connections."""
 
@@ -30,16 +54,20 @@ class ModelRegistry:
         offline: OfflineModelSettings,
         *,
         preloaded: Mapping[str, EmbeddingModel] | None = None,
+        stored: StoredModelLoader | None = None,
     ) -> None:
         self._connections = dict(connections)
+        # Connections made through ConnectionService (DashScope, PAI-EAS, CLIP
+        # directory), looked up by name when the configuration has none.
+        self._stored = stored
         self._offline = offline
         self._preloaded = set(preloaded or {})
         self._models: dict[str, EmbeddingModel] = dict(preloaded or {})
         self._lock = asyncio.Lock()
 
     def has_connection(self, name: str) -> bool:
-        """Whether ``name`` is configured."""
-        return name in self._connections or name in self._models
+        """Whether ``name`` is configured (stored connections are found on first use)."""
+        return name in self._connections or name in self._models or self._stored is not None
 
     async def model(self, connection: str) -> EmbeddingModel:
         """The connection's model, loaded (in a thread) on first use."""
@@ -49,11 +77,12 @@ class ModelRegistry:
         async with self._lock:
             model = self._models.get(connection)
             if model is None:
-                spec = self._connections.get(connection)
-                if spec is None:
+                if connection in self._connections:
+                    model = await asyncio.to_thread(load_offline_model, self._offline)
+                elif self._stored is not None:
+                    model = await self._stored(connection)
+                else:
                     raise KeyError(connection)
-                # Only "offline" exists so far; other kinds add a branch here.
-                model = await asyncio.to_thread(load_offline_model, self._offline)
                 self._models[connection] = model
         return model
 
