@@ -76,7 +76,7 @@ async def test_hook_creates_topics_once_and_never_shrinks_or_grows_them(bootstra
         {"name": f"{stem}.file-discovered", "partitions": 3, "replicationFactor": 1},
         {"name": f"{stem}.file-discovered.dlq.tagger", "partitions": 1, "replicationFactor": 1},
     ]
-    names = [t["name"] for t in wanted]
+    names = [str(t["name"]) for t in wanted]
 
     code, events = run_hook(bootstrap, wanted)
     assert code == 0, events

@@ -29,15 +29,19 @@ from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Any
 
-import jsonschema
+import jsonschema  # type: ignore[import-untyped]  # no stubs in the lock
 import pytest
 import yaml
 from pydantic import AliasChoices, AliasPath, BaseModel, Field, SecretStr, ValidationError
 from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from viewfinder_common.connections.settings import ConnectionSettings
 from viewfinder_common.settings import ServiceSettings
+from viewfinder_common.vectorstore.elasticsearch import ElasticsearchSettings
 from viewfinder_common.vectorstore.factory import VectorStoreSettings
+from viewfinder_common.vectorstore.hologres import HologresSettings
+from viewfinder_common.vectorstore.opensearch import LindormSettings, OpenSearchSettings
 
 REPO = Path(__file__).resolve().parents[2]
 CHART = REPO / "deploy" / "helm" / "viewfinder"
@@ -169,37 +173,37 @@ VALUE_SETS: dict[str, tuple[Path, ...]] = {
     **{f"vectorstore-{kind}": (EXAMPLES / f"vectorstore-{kind}.yaml",) for kind in VECTOR_STORES},
 }
 
-# Environment the chart sets ahead of the services. The vector-store selection
-# and connections are added to the embedder's (issue 6: pgvector + Milvus) and
-# to both services' Settings (issue 7: OpenSearch, Lindorm, Elasticsearch,
-# Hologres). Per service, the drift test tolerates exactly these names while
-# its Settings class lacks them, and fails as soon as one becomes a real field,
-# so that the entry is removed here and the strict check takes over. A service
-# that implements a setting under another name renames it in
-# templates/_helpers.tpl (configEnv / secretEnv).
-ISSUE7_STORES = ("opensearch", "lindorm", "elasticsearch", "hologres")
-_ISSUE7_ENV = {
-    *(
-        f"VIEWFINDER_{s}_{f}"
-        for s in ("OPENSEARCH", "LINDORM", "ELASTICSEARCH")
-        for f in ("URI", "USERNAME", "PASSWORD")
-    ),
-    *(f"VIEWFINDER_HOLOGRES_{f}" for f in ("HOST", "PORT", "DATABASE", "ACCESS_KEY_ID", "ACCESS_KEY_SECRET")),
-}
-PENDING_SETTINGS: dict[str, dict[str, str]] = {
-    "embedder": {
-        "VIEWFINDER_VECTORSTORE_KIND": "issue 6: vector store selection (VectorStoreSettings)",
-        **{f"VIEWFINDER_MILVUS_{f}": "issue 6: Milvus connection" for f in ("URI", "DB_NAME", "TOKEN")},
-        **dict.fromkeys(_ISSUE7_ENV, "issue 7: vector-store connection"),
-    },
-    "search": dict.fromkeys(_ISSUE7_ENV, "issue 7: vector-store connection"),
-}
+# Environment the chart sets ahead of the services, by service: the drift test
+# tolerates exactly these names while the service's Settings class lacks them,
+# and fails as soon as one becomes a real field, so that the entry is removed
+# here and the strict check takes over (name -> the issue that adds it). A
+# service that implements a setting under another name renames it in
+# templates/_helpers.tpl (configEnv / secretEnv). Empty now: the vector-store
+# selection and connections of issues 6 and 7 are real fields.
+PENDING_SETTINGS: dict[str, dict[str, str]] = {}
 # Values of VIEWFINDER_VECTORSTORE_KIND that a service's Settings reject today;
-# the same ratchet: once accepted, the entry must go.
-PENDING_VECTOR_STORES: dict[str, dict[str, str]] = {
-    service: dict.fromkeys(ISSUE7_STORES, "issue 7: vector-store adapter")
-    for service in ("embedder", "search")
-}
+# the same ratchet: once accepted, the entry must go. Empty now: embedder and
+# search accept every kind the chart offers.
+PENDING_VECTOR_STORES: dict[str, dict[str, str]] = {}
+
+# The settings classes beside the Elasticsearch / OpenSearch / Lindorm /
+# Hologres adapters: VectorStoreSettings does not nest them (each adapter reads
+# its own VIEWFINDER_<KIND>_* when chosen), so a service holding a
+# VectorStoreSettings reads their variables too.
+ADAPTER_SETTINGS: tuple[type[BaseSettings], ...] = (
+    ElasticsearchSettings,
+    OpenSearchSettings,
+    LindormSettings,
+    HologresSettings,
+)
+
+# Settings a service's process reads besides its Settings class: ingest hosts
+# ConnectionService, whose registration builds ConnectionSettings() from the
+# environment (VIEWFINDER_CONNECTIONS_*; viewfinder_common.connections.service).
+# An entry must go once the class nests those settings itself.
+# Settings a service's process reads outside its Settings class (none today:
+# every service nests what it reads, e.g. ConnectionSettings in ingest and embedder).
+READ_OUTSIDE_SETTINGS: dict[str, tuple[type[BaseSettings], ...]] = {}
 
 STORE_VAR = "VIEWFINDER_VECTORSTORE_KIND"
 SECRET_PLACEHOLDER = "value-from-a-secret"
@@ -526,6 +530,9 @@ def walk_settings(cls: type[BaseSettings], path: str = "") -> Iterator[EnvField]
             for member in _members(field.annotation):
                 if isinstance(member, type) and issubclass(member, BaseSettings):
                     yield from walk_settings(member, dotted + ".")
+                    if issubclass(member, VectorStoreSettings):
+                        for adapter in ADAPTER_SETTINGS:
+                            yield from walk_settings(adapter, f"{dotted}.<{adapter.__name__}>.")
 
 
 def settings_class(service: str) -> type[ServiceSettings]:
@@ -542,9 +549,14 @@ def settings_class(service: str) -> type[ServiceSettings]:
     return found[0]
 
 
-def check_drift(cls: type[BaseSettings], env_names: set[str], pending: dict[str, str]) -> list[str]:
-    """What the chart sets that ``cls`` does not read, and what ``cls`` requires that the chart does not set."""
-    fields = list(walk_settings(cls))
+def check_drift(
+    cls: type[BaseSettings],
+    env_names: set[str],
+    pending: dict[str, str],
+    also_reads: Sequence[type[BaseSettings]] = (),
+) -> list[str]:
+    """What the chart sets that ``cls`` (or ``also_reads``) does not read, and what they require that it does not set."""
+    fields = [f for settings in (cls, *also_reads) for f in walk_settings(settings)]
     matchers = [re.compile(f.pattern) for f in fields]
     problems = []
     for name in sorted(env_names):
@@ -653,7 +665,9 @@ def settings_problems(
 ) -> list[str]:
     """Everything wrong between one service's rendered container and its Settings."""
     cls = cls or settings_class(service)
-    problems = check_drift(cls, env.names, PENDING_SETTINGS.get(service, {}))
+    problems = check_drift(
+        cls, env.names, PENDING_SETTINGS.get(service, {}), READ_OUTSIDE_SETTINGS.get(service, ())
+    )
     process_env = env.as_process_env()
     store = process_env.get(STORE_VAR)
     if store in PENDING_VECTOR_STORES.get(service, {}) and STORE_VAR not in PENDING_SETTINGS.get(service, {}):
@@ -761,6 +775,86 @@ def _supported_store(service: str) -> dict[str, str]:
     return {STORE_VAR: "pgvector"} if service in ("embedder", "search") else {}
 
 
+def _reads(service: str, env_name: str) -> bool:
+    """Whether ``service``'s process reads ``env_name`` (nested settings and READ_OUTSIDE_SETTINGS included)."""
+    classes = (settings_class(service), *READ_OUTSIDE_SETTINGS.get(service, ()))
+    return any(re.fullmatch(f.pattern, env_name) for cls in classes for f in walk_settings(cls))
+
+
+def _secret_refs(container: dict[str, Any]) -> dict[str, tuple[str, str]]:
+    return {
+        item["name"]: (item["valueFrom"]["secretKeyRef"]["name"], item["valueFrom"]["secretKeyRef"]["key"])
+        for item in container.get("env", [])
+        if "valueFrom" in item
+    }
+
+
+def test_every_reader_of_the_connection_store_shares_one_fernet_key(rendered: dict[str, str]) -> None:
+    # What one service encrypts through ConnectionService another must open:
+    # every service whose Settings read VIEWFINDER_CONNECTIONS_SECRET_KEY gets
+    # it, from the one Secret, and never as a plain value.
+    values = yaml.safe_load(PRODUCTION.read_text())["connections"]
+    readers = {s for s in SERVICES if _reads(s, "VIEWFINDER_CONNECTIONS_SECRET_KEY")}
+    assert {"ingest", "embedder"} <= readers
+    manifests = load_manifests(rendered["production"])
+    refs = {s: _secret_refs(c) for s, (c, _) in service_envs(manifests).items()}
+    for service in SERVICES:
+        key = refs[service].get("VIEWFINDER_CONNECTIONS_SECRET_KEY")
+        if service in readers:
+            assert key == (values["existingSecret"], "secret-key"), service
+        else:
+            assert key is None, service
+    # Mounted for "k8s-secret:<name>/<key>" references, where the Settings look for them.
+    secrets_dir = ConnectionSettings.model_fields["secrets_dir"].default
+    deployments = by_kind(manifests, "Deployment")
+    for service in readers:
+        pod = deployments[service]["spec"]["template"]["spec"]
+        (container,) = pod["containers"]
+        volumes = {v["name"]: v for v in pod["volumes"]}
+        mounted = {
+            volumes[m["name"]]["secret"]["secretName"]: m["mountPath"]
+            for m in container["volumeMounts"]
+            if "secret" in volumes[m["name"]]
+        }
+        assert mounted == {name: f"{secrets_dir}/{name}" for name in values["mountSecrets"]}, service
+    # Without a Secret nobody gets a key (only references are accepted then).
+    for service, (_, env) in service_envs(load_manifests(rendered["default"])).items():
+        assert "VIEWFINDER_CONNECTIONS_SECRET_KEY" not in env.names, service
+
+
+def test_search_replicas_share_the_page_token_key(
+    rendered: dict[str, str], render_process: RenderProcess
+) -> None:
+    for value_set in ("default", "production"):
+        (container, _) = service_envs(load_manifests(rendered[value_set]))["search"]
+        assert _secret_refs(container)["VIEWFINDER_SEARCH_PAGE_TOKEN_KEY"] == (
+            "viewfinder-search",
+            "page-token-key",
+        ), value_set
+    assert _reads("search", "VIEWFINDER_SEARCH_PAGE_TOKEN_KEY")
+    # Each replica would draw its own key: a next-page token would fail on another replica.
+    result = render_process(set_values=["pageTokens.existingSecret="])
+    assert result.returncode != 0
+    assert "pageTokens.existingSecret" in result.stderr
+    single = render_process(
+        set_values=["pageTokens.existingSecret=", "services.search.autoscaling.hpa.enabled=false"]
+    )
+    assert single.returncode == 0, single.stderr
+
+
+def test_exporter_allowed_buckets_reach_its_settings(
+    rendered: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A list value travels as JSON, which the Settings parse back into the list.
+    wanted = yaml.safe_load(PRODUCTION.read_text())["services"]["exporter"]["config"]["allowed_buckets"]
+    _, env = service_envs(load_manifests(rendered["production"]))["exporter"]
+    settings = load_settings(settings_class("exporter"), env.as_process_env(), monkeypatch)
+    assert settings.model_dump()["allowed_buckets"] == wanted
+    _, env = service_envs(load_manifests(rendered["default"]))["exporter"]
+    settings = load_settings(settings_class("exporter"), env.as_process_env(), monkeypatch)
+    assert settings.model_dump()["allowed_buckets"] == []
+
+
 def test_links_point_at_the_linked_service(rendered: dict[str, str]) -> None:
     manifests = load_manifests(rendered["default"])
     services = {d["metadata"]["name"]: d for d in manifests if d["kind"] == "Service"}
@@ -789,7 +883,7 @@ def test_drift_check_flags_a_field_the_service_does_not_have(render: Render) -> 
     manifests = load_manifests(render(set_values=["services.search.config.max_concurency=5"]))
     _, env = service_envs(manifests)["search"]
     assert env.plain["VIEWFINDER_SEARCH_MAX_CONCURENCY"] == "5"
-    problems = check_drift(settings_class("search"), env.names, PENDING_SETTINGS["search"])
+    problems = check_drift(settings_class("search"), env.names, PENDING_SETTINGS.get("search", {}))
     assert problems == [
         "VIEWFINDER_SEARCH_MAX_CONCURENCY is set by the chart but is no field of SearchSettings"
     ]
@@ -800,7 +894,7 @@ def test_drift_check_flags_a_required_field_the_chart_does_not_set(render: Rende
         model_api_key: SecretStr
 
     _, env = service_envs(load_manifests(render()))["search"]
-    assert check_drift(SearchWithKey, env.names, PENDING_SETTINGS["search"]) == [
+    assert check_drift(SearchWithKey, env.names, PENDING_SETTINGS.get("search", {})) == [
         "SearchWithKey.model_api_key is required but the chart does not set VIEWFINDER_SEARCH_MODEL_API_KEY"
     ]
     secret = json.dumps(
@@ -808,32 +902,51 @@ def test_drift_check_flags_a_required_field_the_chart_does_not_set(render: Rende
     )
     _, env = service_envs(load_manifests(render(set_json=[f"services.search.secretEnv={secret}"])))["search"]
     assert "VIEWFINDER_SEARCH_MODEL_API_KEY" in env.secret
-    assert check_drift(SearchWithKey, env.names, PENDING_SETTINGS["search"]) == []
+    assert check_drift(SearchWithKey, env.names, PENDING_SETTINGS.get("search", {})) == []
 
 
 def test_a_pending_setting_must_leave_the_list_once_it_is_real(render: Render) -> None:
-    class EmbedderWithStore(settings_class("embedder")):  # type: ignore[misc]
-        vectorstore: VectorStoreSettings = Field(default_factory=VectorStoreSettings)
-
+    # The embedder reads VIEWFINDER_VECTORSTORE_KIND (issue 6): listed as pending, it is flagged.
     _, env = service_envs(load_manifests(render()))["embedder"]
-    assert check_drift(EmbedderWithStore, env.names, PENDING_SETTINGS["embedder"]) == [
-        "VIEWFINDER_VECTORSTORE_KIND is now a field of EmbedderWithStore: remove it from PENDING_SETTINGS"
+    assert check_drift(settings_class("embedder"), env.names, {}) == []
+    pending = {STORE_VAR: "issue 6: vector store selection (VectorStoreSettings)"}
+    assert check_drift(settings_class("embedder"), env.names, pending) == [
+        "VIEWFINDER_VECTORSTORE_KIND is now a field of EmbedderSettings: remove it from PENDING_SETTINGS"
+    ]
+
+
+def test_drift_check_reads_the_adapter_settings_of_the_chosen_store(render: Render) -> None:
+    # VIEWFINDER_OPENSEARCH_* belong to OpenSearchSettings beside the adapter, not to
+    # VectorStoreSettings: the check knows them, and still flags a misspelt one.
+    manifests = load_manifests(
+        render(
+            EXAMPLES / "vectorstore-opensearch.yaml",
+            set_values=["services.search.extraEnv.VIEWFINDER_OPENSEARCH_VERIFY_CERT=false"],
+        )
+    )
+    _, env = service_envs(manifests)["search"]
+    assert {"VIEWFINDER_OPENSEARCH_URI", "VIEWFINDER_OPENSEARCH_PASSWORD"} <= env.names
+    assert check_drift(settings_class("search"), env.names, {}) == [
+        "VIEWFINDER_OPENSEARCH_VERIFY_CERT is set by the chart but is no field of SearchSettings"
     ]
 
 
 def test_a_pending_vector_store_must_leave_the_list_once_accepted(
     render: Render, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    class AnyStore(VectorStoreSettings):
-        kind: str = "pgvector"  # type: ignore[assignment]
+    # Search accepts OpenSearch (issue 7); a Settings class from before it does not.
+    class StoreBeforeIssue7(VectorStoreSettings):
+        kind: typing.Literal["pgvector", "milvus"] = "pgvector"
 
-    class SearchWithAnyStore(settings_class("search")):  # type: ignore[misc]
-        vectorstore: AnyStore = Field(default_factory=AnyStore)
+    class SearchBeforeIssue7(settings_class("search")):  # type: ignore[misc]
+        vectorstore: StoreBeforeIssue7 = Field(default_factory=StoreBeforeIssue7)
 
     container, env = service_envs(load_manifests(render(EXAMPLES / "vectorstore-opensearch.yaml")))["search"]
     assert settings_problems("search", container, env, monkeypatch) == []
-    assert settings_problems("search", container, env, monkeypatch, cls=SearchWithAnyStore) == [
-        "SearchWithAnyStore accepts vector store 'opensearch': remove it from PENDING_VECTOR_STORES"
+    monkeypatch.setitem(PENDING_VECTOR_STORES, "search", {"opensearch": "issue 7: vector-store adapter"})
+    assert settings_problems("search", container, env, monkeypatch, cls=SearchBeforeIssue7) == []
+    assert settings_problems("search", container, env, monkeypatch) == [
+        "SearchSettings accepts vector store 'opensearch': remove it from PENDING_VECTOR_STORES"
     ]
 
 

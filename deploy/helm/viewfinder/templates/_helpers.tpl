@@ -123,6 +123,9 @@ same way.
 {{- $_ := set $svc "kedaMaxReplicas" $max -}}
 {{- end -}}
 {{- $_ := set $svc "autoscaled" (or $hpa.enabled $keda.enabled) -}}
+{{- if and $svc.signsPageTokens (not $root.Values.pageTokens.existingSecret) (or $svc.autoscaled (gt (int $svc.replicas) 1)) -}}
+{{- fail (printf "services.%s runs more than one replica: set pageTokens.existingSecret so that every replica signs page tokens with the same key" $name) -}}
+{{- end -}}
 {{- if ge (int $svc.shutdownGraceSeconds) (int $svc.terminationGracePeriodSeconds) -}}
 {{- fail (printf "services.%s: shutdownGraceSeconds must be below terminationGracePeriodSeconds, or the kubelet kills in-flight calls" $name) -}}
 {{- end -}}
@@ -263,6 +266,12 @@ Secret references of one service: a list of {name, secretName, key}.
 {{- end -}}
 {{- end -}}
 {{- end -}}
+{{- if and $svc $svc.usesConnections $root.Values.connections.existingSecret -}}
+{{- $refs = append $refs (dict "name" "VIEWFINDER_CONNECTIONS_SECRET_KEY" "secretName" $root.Values.connections.existingSecret "key" $root.Values.connections.secretKeyKey) -}}
+{{- end -}}
+{{- if and $svc $svc.signsPageTokens $root.Values.pageTokens.existingSecret -}}
+{{- $refs = append $refs (dict "name" (printf "%sPAGE_TOKEN_KEY" $svc.envPrefix) "secretName" $root.Values.pageTokens.existingSecret "key" $root.Values.pageTokens.key) -}}
+{{- end -}}
 {{- if $svc -}}
 {{- range $svc.secretEnv -}}
 {{- $refs = append $refs (dict "name" .name "secretName" .secretName "key" .key) -}}
@@ -273,10 +282,13 @@ Secret references of one service: a list of {name, secretName, key}.
 
 {{/*
 A value as an environment string. Values arrive as float64 from YAML, which
-toString would print as 1e+06; whole numbers print as integers.
+toString would print as 1e+06; whole numbers print as integers. Lists and maps
+become JSON, which pydantic-settings parses for complex fields.
 */}}
 {{- define "viewfinder.envValue" -}}
-{{- if and (kindIs "float64" .) (eq (float64 (int64 .)) .) -}}
+{{- if or (kindIs "slice" .) (kindIs "map" .) -}}
+{{- toJson . -}}
+{{- else if and (kindIs "float64" .) (eq (float64 (int64 .)) .) -}}
 {{- int64 . -}}
 {{- else -}}
 {{- toString . -}}

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pydantic import Field, SecretStr
 from pydantic_settings import SettingsConfigDict
 
+from viewfinder_common.connections.settings import ConnectionSettings
 from viewfinder_common.settings import ServiceSettings
 
 
@@ -14,6 +15,9 @@ class IngestSettings(ServiceSettings):
     model_config = SettingsConfigDict(env_prefix="VIEWFINDER_INGEST_", extra="ignore")
 
     service_name: str = "ingest"
+    # Ingest hosts ConnectionService (datasets choose connections); secrets
+    # stored by value are encrypted with this key, shared with the embedder.
+    connections: ConnectionSettings = Field(default_factory=ConnectionSettings)
     grpc_port: int = 50051
 
     # Most files a new dataset's versions may hold (DESIGN §3); stored per

@@ -126,7 +126,7 @@ async def build(resources: Resources) -> ServiceParts:
         grpc_service_names=[SERVICE_NAME, connection_service.SERVICE_NAME],
         grpc_registrations=[
             lambda server: dataset_pb2_grpc.add_DatasetServiceServicer_to_server(parts.servicer, server),
-            connection_service.connection_service_registration(resources.pool),
+            connection_service.connection_service_registration(resources.pool, settings.connections),
         ],
         routers=[parts.router] if settings.storage_events_enabled else [],
         background=background,
