@@ -16,7 +16,7 @@ PYPROJECTS := $(addsuffix /pyproject.toml,$(PACKAGES))
 INSTALL_ARGS := $(addprefix -e ,$(subst libs/viewfinder-common,libs/viewfinder-common[testing],$(PACKAGES)))
 STAMP := $(VENV)/.installed
 
-.PHONY: help install lock proto proto-check lint typecheck test test-fast up down status demo bench clean
+.PHONY: help install lock proto proto-check lint typecheck test test-fast up down status services-up services-down demo bench clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -50,8 +50,8 @@ typecheck: install ## mypy --strict on our code
 up: install ## start the local stack (PostgreSQL+pgvector, tansu, moto S3/SQS, Milvus Lite, relay)
 	$(BIN)/python deploy/local/stack.py up
 
-down: ## stop exactly what `make up` started
-	@if [ -x $(BIN)/python ]; then $(BIN)/python deploy/local/stack.py down; fi
+down: ## stop exactly what `make up` and `make services-up` started
+	@if [ -x $(BIN)/python ]; then $(BIN)/python deploy/local/services.py down; $(BIN)/python deploy/local/stack.py down; fi
 
 status: ## show which local servers run
 	$(BIN)/python deploy/local/stack.py status
@@ -64,7 +64,13 @@ test: install ## the whole suite: lint, types, contracts, unit, service and e2e 
 test-fast: install ## unit tests only (no servers)
 	$(BIN)/pytest -m "not stack"
 
-demo: up ## run the main job end to end on the local stack
+services-up: up ## start the five services as processes (migrates first; waits until each is SERVING)
+	$(BIN)/python deploy/local/services.py up
+
+services-down: ## stop exactly the services `make services-up` started
+	@if [ -x $(BIN)/python ]; then $(BIN)/python deploy/local/services.py down; fi
+
+demo: services-up ## the main job end to end: real images, sync, label, index, searches, export, a live upload
 	set -a; source $(STACK_DIR)/stack.env; set +a; $(BIN)/python scripts/demo.py
 
 bench: up ## benchmarks (ratios against baselines measured in the same run)

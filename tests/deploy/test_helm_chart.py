@@ -957,7 +957,7 @@ def test_settings_check_flags_a_service_left_pointing_at_itself(
     manifests = load_manifests(render(set_values=["services.search.links.embedder_target=null"]))
     container, env = service_envs(manifests)["search"]
     assert settings_problems("search", container, env, monkeypatch) == [
-        "embedder_target=127.0.0.1:50053 points at the pod itself"
+        "embedder_target=127.0.0.1:7053 points at the pod itself"
     ]
 
 

@@ -22,11 +22,11 @@ from viewfinder_cli.errors import ServiceCallError
 class Service(enum.Enum):
     """A viewfinder service and the loopback address it listens on by default."""
 
-    INGEST = ("ingest", "127.0.0.1:50051")
-    TAGGER = ("tagger", "127.0.0.1:50052")
-    EMBEDDER = ("embedder", "127.0.0.1:50053")
-    SEARCH = ("search", "127.0.0.1:50054")
-    EXPORTER = ("exporter", "127.0.0.1:50055")
+    INGEST = ("ingest", "127.0.0.1:7051")
+    TAGGER = ("tagger", "127.0.0.1:7052")
+    EMBEDDER = ("embedder", "127.0.0.1:7053")
+    SEARCH = ("search", "127.0.0.1:7054")
+    EXPORTER = ("exporter", "127.0.0.1:7055")
 
     @property
     def label(self) -> str:

@@ -12,7 +12,7 @@ from viewfinder.datasets import Dataset, DatasetItem, ItemTag, ManifestError, ch
 from viewfinder.storage import DEFAULT_CACHE_BYTES, ObjectReader, StorageOptions
 from viewfinder.v1 import common_pb2, export_pb2, export_pb2_grpc
 
-DEFAULT_TARGET = "127.0.0.1:50055"
+DEFAULT_TARGET = "127.0.0.1:7055"
 _ITEMS_PER_CALL = 1000
 _SOURCES = {common_pb2.TAG_SOURCE_AI: "ai", common_pb2.TAG_SOURCE_USER: "user"}
 
@@ -113,7 +113,7 @@ def load_dataset(
     """A logical dataset version (e.g. ``load_dataset("cars", version="v2")``), its items in export order.
 
     ``target`` is the ExportService address (default ``$VIEWFINDER_EXPORTER_TARGET`` or
-    127.0.0.1:50055); ``storage`` says how to read images (default: the
+    127.0.0.1:7055); ``storage`` says how to read images (default: the
     ``VIEWFINDER_S3_*`` variables, then boto3's own configuration). With
     ``verify`` the items are checked against the version's checksum.
     """

@@ -51,7 +51,7 @@ class EmbedderSettings(ServiceSettings):
     )
 
     service_name: str = "embedder"
-    grpc_port: int = 50053
+    grpc_port: int = 7053
 
     # Named model connections; a dataset's index records the one it was built with.
     model_connections: dict[str, ModelConnection] = Field(

@@ -15,9 +15,9 @@ class ExporterSettings(ServiceSettings):
     model_config = SettingsConfigDict(env_prefix="VIEWFINDER_EXPORTER_", extra="ignore")
 
     service_name: str = "exporter"
-    grpc_port: int = 50055
+    grpc_port: int = 7055
     # SearchService (the search service) address, and the deadline of each call to it.
-    search_target: str = "127.0.0.1:50054"
+    search_target: str = "127.0.0.1:7054"
     search_deadline_s: float = Field(default=30.0, gt=0)
     # Results per Search call while an export pages through a search.
     search_page_size: int = Field(default=1000, ge=1, le=1000)

@@ -18,7 +18,7 @@ class IngestSettings(ServiceSettings):
     # Ingest hosts ConnectionService (datasets choose connections); secrets
     # stored by value are encrypted with this key, shared with the embedder.
     connections: ConnectionSettings = Field(default_factory=ConnectionSettings)
-    grpc_port: int = 50051
+    grpc_port: int = 7051
 
     # Most files a new dataset's versions may hold (DESIGN §3); stored per
     # dataset at creation, so changing it does not touch existing datasets.

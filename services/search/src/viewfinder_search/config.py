@@ -15,9 +15,9 @@ class SearchSettings(ServiceSettings):
     model_config = SettingsConfigDict(env_prefix="VIEWFINDER_SEARCH_", extra="ignore")
 
     service_name: str = "search"
-    grpc_port: int = 50054
+    grpc_port: int = 7054
     # EmbedService (the embedder) address and the deadline of each call to it.
-    embedder_target: str = "127.0.0.1:50053"
+    embedder_target: str = "127.0.0.1:7053"
     embed_deadline_s: float = Field(default=10.0, gt=0)
     # Where indexes live (VIEWFINDER_VECTORSTORE_*): pgvector in the catalogue's
     # PostgreSQL (sharing the service's pool), or Milvus.

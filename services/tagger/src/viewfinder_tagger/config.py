@@ -67,7 +67,7 @@ class ZeroShotConnection(BaseModel):
     model_config = ConfigDict(hide_input_in_errors=True)
 
     kind: Literal["zero-shot"] = "zero-shot"
-    embedder_address: str = "127.0.0.1:50053"
+    embedder_address: str = "127.0.0.1:7053"
     # Index whose model embeds; empty means the dataset's active index.
     index_name: str = ""
     # Vector field in which image and text vectors are comparable.
@@ -97,7 +97,7 @@ class TaggerSettings(ServiceSettings):
     )
 
     service_name: str = "tagger"
-    grpc_port: int = 50052
+    grpc_port: int = 7052
     connections: dict[str, LabelingConnection] = Field(default_factory=_default_connections)
     default_connection: str = "offline"
     # Automatic labeling of file-discovered events (datasets with labeling.automatic).
