@@ -158,7 +158,9 @@ class System:
         except grpc.aio.AioRpcError as error:
             # The dataset's index is created with its first vector; until then
             # the query cannot be embedded. Anything else is a real failure.
-            if "index name ''" in (error.details() or ""):
+            if error.code() == grpc.StatusCode.FAILED_PRECONDITION and "has no index yet" in (
+                error.details() or ""
+            ):
                 return False
             raise
         return any(result.file.key.endswith(file_name) for result in response.results)

@@ -181,9 +181,9 @@ class Pipeline:
         """One Search call to the search service.
 
         A similarity query on a dataset whose index does not exist yet (it is
-        created with the first vector) answers no results here: the services
-        report it as INVALID_ARGUMENT "index name ''" (see the closing note),
-        which is "nothing searchable yet", not a failure of the test.
+        created with the first vector) answers no results here: search reports
+        it as FAILED_PRECONDITION "has no index yet", which is "nothing
+        searchable yet", not a failure of the test.
         """
         async with self.channel("search") as channel:
             try:
@@ -191,7 +191,11 @@ class Pipeline:
                     request, timeout=30
                 )
             except grpc.aio.AioRpcError as error:
-                if request.HasField("text") and "index name ''" in (error.details() or ""):
+                if (
+                    request.HasField("text")
+                    and error.code() == grpc.StatusCode.FAILED_PRECONDITION
+                    and "has no index yet" in (error.details() or "")
+                ):
                     return search_pb2.SearchResponse()
                 raise
         return response

@@ -52,6 +52,12 @@ class EmbedServiceClient:
             raise FailedPrecondition(
                 f"index {used_index or index_name or '(active)'} has no vector field that answers {kind} queries"
             )
+        if not (used_index or index_name):
+            # The embedder answers with the model a new index would use, but
+            # nothing has been indexed yet: there is nothing to search.
+            raise FailedPrecondition(
+                f"dataset {dataset_id} has no index yet; run an index job or let the pipeline embed its files"
+            )
         first = vectors[0]
         return EmbeddedQuery(
             index_name=used_index or index_name, vector_field=first.field, vector=list(first.values)
