@@ -19,20 +19,19 @@ contents and images above the size limits are downscaled first.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
 from typing import Any
 
 import aiohttp
 
-from viewfinder_common.embedding_clients import EmbeddingInput, EmbeddingServiceError
-from viewfinder_common.embedding_clients.images import data_uri, fit_image
+from viewfinder_common.embedding_clients import EmbeddingServiceError
+from viewfinder_common.embedding_clients.batching import BatchedEmbeddingClient
 from viewfinder_common.http_retry import RetryPolicy, call_with_retries, mask_secrets, raise_for_status
 
 DEFAULT_BASE_URL = "https://dashscope.aliyuncs.com"
 EMBEDDING_PATH = "/api/v1/services/embeddings/multimodal-embedding/multimodal-embedding"
 
 
-class DashScopeEmbeddingClient:
+class DashScopeEmbeddingClient(BatchedEmbeddingClient):
     """Embeds images and texts with a DashScope multimodal-embedding model."""
 
     def __init__(
@@ -59,41 +58,15 @@ class DashScopeEmbeddingClient:
         self._session = session
         self._owns_session = session is None
         self._policy = retry_policy or RetryPolicy()
-        self._max_items = max_items_per_request
-        self._max_image_bytes = max_image_bytes
-        self._max_image_side = max_image_side
+        super().__init__(
+            max_items=max_items_per_request, max_image_bytes=max_image_bytes, max_image_side=max_image_side
+        )
         self._requests = asyncio.Semaphore(concurrency)
         self._timeout = aiohttp.ClientTimeout(total=timeout_s)
         self.dimension: int | None = None
 
     def __repr__(self) -> str:
         return f"DashScopeEmbeddingClient(model={self.model!r}, url={self._url!r})"
-
-    async def embed(self, items: Sequence[EmbeddingInput]) -> list[list[float]]:
-        """One vector per item, in order; batches of ``max_items_per_request`` run concurrently."""
-        contents = await asyncio.gather(*(self._content(item) for item in items))
-        batches = [
-            contents[start : start + self._max_items] for start in range(0, len(contents), self._max_items)
-        ]
-        results = await asyncio.gather(*(self._embed_batch(batch) for batch in batches))
-        return [vector for batch in results for vector in batch]
-
-    async def embed_images(self, images: Sequence[bytes]) -> list[list[float]]:
-        """One vector per encoded image."""
-        return await self.embed([EmbeddingInput(image=image) for image in images])
-
-    async def embed_texts(self, texts: Sequence[str]) -> list[list[float]]:
-        """One vector per text."""
-        return await self.embed([EmbeddingInput(text=text) for text in texts])
-
-    async def _content(self, item: EmbeddingInput) -> dict[str, str]:
-        if item.text is not None:
-            return {"text": item.text}
-        assert item.image is not None
-        image = await asyncio.to_thread(
-            fit_image, item.image, max_bytes=self._max_image_bytes, max_side=self._max_image_side
-        )
-        return {"image": data_uri(image)}
 
     async def _embed_batch(self, contents: list[dict[str, str]]) -> list[list[float]]:
         payload = {"model": self.model, "input": {"contents": contents}}

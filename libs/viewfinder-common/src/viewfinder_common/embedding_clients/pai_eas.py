@@ -20,13 +20,12 @@ from __future__ import annotations
 
 import asyncio
 import functools
-from collections.abc import Sequence
 from typing import Any
 
 import aiohttp
 
-from viewfinder_common.embedding_clients import EmbeddingInput, EmbeddingServiceError
-from viewfinder_common.embedding_clients.images import data_uri, fit_image
+from viewfinder_common.embedding_clients import EmbeddingServiceError
+from viewfinder_common.embedding_clients.batching import BatchedEmbeddingClient
 from viewfinder_common.http_retry import (
     RetryPolicy,
     backoff_delay,
@@ -38,7 +37,7 @@ from viewfinder_common.http_retry import (
 DEFAULT_MODEL = "pai-multimodal-embedding-v1"
 
 
-class PaiEasEmbeddingClient:
+class PaiEasEmbeddingClient(BatchedEmbeddingClient):
     """Embeds images and texts through a PAI-EAS GME service."""
 
     def __init__(
@@ -63,9 +62,9 @@ class PaiEasEmbeddingClient:
         self._session = session
         self._owns_session = session is None
         self._policy = retry_policy or RetryPolicy()
-        self._max_items = max_items_per_request
-        self._max_image_bytes = max_image_bytes
-        self._max_image_side = max_image_side
+        super().__init__(
+            max_items=max_items_per_request, max_image_bytes=max_image_bytes, max_image_side=max_image_side
+        )
         self._requests = asyncio.Semaphore(concurrency)
         self._timeout = aiohttp.ClientTimeout(total=timeout_s)
         self.dimension: int | None = None
@@ -74,32 +73,6 @@ class PaiEasEmbeddingClient:
 
     def __repr__(self) -> str:
         return f"PaiEasEmbeddingClient(model={self.model!r}, endpoint={self._endpoint!r})"
-
-    async def embed(self, items: Sequence[EmbeddingInput]) -> list[list[float]]:
-        """One vector per item, in order."""
-        contents = await asyncio.gather(*(self._content(item) for item in items))
-        batches = [
-            contents[start : start + self._max_items] for start in range(0, len(contents), self._max_items)
-        ]
-        results = await asyncio.gather(*(self._embed_batch(batch) for batch in batches))
-        return [vector for batch in results for vector in batch]
-
-    async def embed_images(self, images: Sequence[bytes]) -> list[list[float]]:
-        """One vector per encoded image."""
-        return await self.embed([EmbeddingInput(image=image) for image in images])
-
-    async def embed_texts(self, texts: Sequence[str]) -> list[list[float]]:
-        """One vector per text."""
-        return await self.embed([EmbeddingInput(text=text) for text in texts])
-
-    async def _content(self, item: EmbeddingInput) -> dict[str, str]:
-        if item.text is not None:
-            return {"text": item.text}
-        assert item.image is not None
-        image = await asyncio.to_thread(
-            fit_image, item.image, max_bytes=self._max_image_bytes, max_side=self._max_image_side
-        )
-        return {"image": data_uri(image)}
 
     async def _embed_batch(self, contents: list[dict[str, str]]) -> list[list[float]]:
         vectors: dict[int, list[float]] = {}
