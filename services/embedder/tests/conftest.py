@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import io
 import logging
-import socket
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -23,8 +22,6 @@ import grpc
 import numpy as np
 import pytest
 import structlog
-from aiokafka import AIOKafkaConsumer, TopicPartition
-from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from PIL import Image, ImageDraw
 
@@ -32,6 +29,7 @@ from viewfinder.v1 import embedding_pb2_grpc, events_pb2
 from viewfinder_common.events import encode_event, event_headers
 from viewfinder_common.s3 import s3_client
 from viewfinder_common.settings import DatabaseSettings, KafkaSettings, S3Settings
+from viewfinder_common.testing.kafka import create_topics, free_port, read_topic
 from viewfinder_common.vectorstore.factory import VectorStoreSettings
 from viewfinder_embedder.adapters.offline_model import OfflineEmbeddingModel
 from viewfinder_embedder.config import EmbedderSettings, default_model_cache_dir
@@ -156,51 +154,6 @@ def discovered(
     )
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-async def create_topics(topics: dict[str, int]) -> None:
-    """Creates topics (name → partitions) on the stack's broker."""
-    admin = AIOKafkaAdminClient(bootstrap_servers=KafkaSettings().bootstrap_servers)
-    await admin.start()
-    try:
-        await admin.create_topics(
-            [NewTopic(t, num_partitions=p, replication_factor=1) for t, p in topics.items()]
-        )
-    finally:
-        await admin.close()
-
-
-async def read_topic(topic: str, count: int, timeout_s: float = 60.0) -> list[Any]:
-    """At least ``count`` records of ``topic`` from its beginning (fewer if time runs out), then a short drain."""
-    consumer = AIOKafkaConsumer(bootstrap_servers=KafkaSettings().bootstrap_servers, enable_auto_commit=False)
-    await consumer.start()
-    try:
-        partitions = consumer.partitions_for_topic(topic)
-        if not partitions:
-            await consumer.topics()
-            partitions = consumer.partitions_for_topic(topic) or set()
-        tps = [TopicPartition(topic, p) for p in sorted(partitions)]
-        consumer.assign(tps)
-        await consumer.seek_to_beginning(*tps)
-        records: list[Any] = []
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            for batch in (await consumer.getmany(timeout_ms=300)).values():
-                records.extend(batch)
-            if len(records) >= count:
-                for batch in (await consumer.getmany(timeout_ms=500)).values():
-                    records.extend(batch)
-                break
-        return records
-    finally:
-        await consumer.stop()
-
-
 async def wait_until(check: Callable[[], Any], timeout_s: float = 90.0, what: str = "condition") -> Any:
     """Polls an async ``check`` until it returns something truthy."""
     deadline = time.monotonic() + timeout_s
@@ -271,7 +224,7 @@ def start_embedder(
             await create_topics({discovered_topic: 2, embedded_topic: 1, dlq_topic: 1})
             created.append(discovered_topic)
         values: dict[str, Any] = {
-            "grpc_port": _free_port(),
+            "grpc_port": free_port(),
             "db": DatabaseSettings(url=catalogue.url),
             "kafka": KafkaSettings(
                 topic_file_discovered=discovered_topic, topic_file_embedded=embedded_topic

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import io
 import logging
-import socket
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -19,8 +18,6 @@ import asyncpg
 import grpc
 import pytest
 import structlog
-from aiokafka import AIOKafkaConsumer, TopicPartition
-from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from PIL import Image
 from pydantic import SecretStr
@@ -28,6 +25,7 @@ from pydantic import SecretStr
 from viewfinder.v1 import labeling_pb2, labeling_pb2_grpc
 from viewfinder_common.settings import DatabaseSettings, KafkaSettings, S3Settings
 from viewfinder_common.testing.fake_vlm import DEFAULT_PALETTE, FakeVLMServer
+from viewfinder_common.testing.kafka import create_topics, free_port, read_topic
 from viewfinder_tagger.config import OpenAIConnection, TaggerSettings
 from viewfinder_tagger.domain.definitions import (
     DefinitionContent,
@@ -217,53 +215,6 @@ class _LineCollector(logging.Handler):
         self.lines.append(self.format(record))
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-async def create_topics(topics: dict[str, int]) -> None:
-    """Creates topics (name -> partitions) on the stack's broker."""
-    admin = AIOKafkaAdminClient(bootstrap_servers=KafkaSettings().bootstrap_servers)
-    await admin.start()
-    try:
-        await admin.create_topics(
-            [NewTopic(t, num_partitions=p, replication_factor=1) for t, p in topics.items()]
-        )
-    finally:
-        await admin.close()
-
-
-async def read_topic(topic: str, count: int, timeout_s: float = 30.0) -> list[Any]:
-    """At least ``count`` records of ``topic`` from its beginning (fewer if the time runs out), then a short drain."""
-    consumer = AIOKafkaConsumer(bootstrap_servers=KafkaSettings().bootstrap_servers, enable_auto_commit=False)
-    await consumer.start()
-    try:
-        partitions = consumer.partitions_for_topic(topic)
-        if not partitions:
-            await consumer.topics()
-            partitions = consumer.partitions_for_topic(topic) or set()
-        tps = [TopicPartition(topic, p) for p in sorted(partitions)]
-        consumer.assign(tps)
-        await consumer.seek_to_beginning(*tps)
-        records: list[Any] = []
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            batches = await consumer.getmany(timeout_ms=300)
-            for batch in batches.values():
-                records.extend(batch)
-            if len(records) >= count:
-                # Anything beyond the expected count would show up now.
-                for batch in (await consumer.getmany(timeout_ms=500)).values():
-                    records.extend(batch)
-                break
-        return records
-    finally:
-        await consumer.stop()
-
-
 @pytest.fixture
 def isolated_logging() -> Iterator[None]:
     """The service configures process-wide logging; restore it afterwards."""
@@ -294,7 +245,7 @@ def start_tagger(catalogue_db_url: str, unique_name: str, isolated_logging: None
             await create_topics({discovered: 3, tagged: 1, dlq: 1})
             created.append(discovered)
         values: dict[str, Any] = {
-            "grpc_port": _free_port(),
+            "grpc_port": free_port(),
             "db": DatabaseSettings(url=catalogue_db_url),
             "kafka": KafkaSettings(topic_file_discovered=discovered, topic_file_tagged=tagged),
             "consumer_group": f"{unique_name}-tagger",
