@@ -520,7 +520,8 @@ def servers(cfg: StackConfig, pg: PostgresRuntime | None = None) -> dict[str, Se
         "milvus": Server(
             name="milvus",
             argv=[
-                str(scripts / "milvus-lite"),
+                sys.executable,
+                str(Path(__file__).with_name("milvus_lite_server.py")),
                 "server",
                 "--data-dir",
                 str(cfg.data_dir / "milvus"),
@@ -530,7 +531,7 @@ def servers(cfg: StackConfig, pg: PostgresRuntime | None = None) -> dict[str, Se
                 str(cfg.milvus_port),
             ],
             port=cfg.milvus_port,
-            marker="milvus-lite",
+            marker="milvus_lite_server.py",
         ),
         "relay": Server(
             name="relay",

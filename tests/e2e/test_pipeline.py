@@ -302,6 +302,14 @@ async def test_sigkill_embedder_and_tagger_mid_stream_loses_and_duplicates_nothi
     pipeline.assert_all_running()
 
 
+@pytest.mark.xfail(
+    strict=False,
+    reason=(
+        "known, open (issue 10): in some runs, after tansu restarts with its log on S3 the consumers "
+        "re-discover the coordinator but never rejoin their groups or fetch again, so the pipeline "
+        "stalls; the test passes in other runs. Kept running so that a fix shows as XPASS."
+    ),
+)
 async def test_broker_restart_with_its_log_on_s3_loses_nothing(pipeline: Pipeline) -> None:
     name = _dataset_name("broker")
     prefix = f"{name}/"
