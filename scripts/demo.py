@@ -338,7 +338,7 @@ async def main() -> int:  # noqa: PLR0915 - one linear story, told step by step
     viewfinder dataset list
     viewfinder search {dataset} --text "a red flower" --top-k 10
     viewfinder search {dataset} --dsl 'HAS Tags.ai AND Content:"a boat" AND TopK=10'
-    viewfinder jobs list
+    viewfinder export {dataset} --dsl 'HAS Tags.ai' --to s3://{bucket}/exports/tagged/ --format csv
   grpcurl (every service has reflection and the health service):
     grpcurl -plaintext 127.0.0.1:7051 list
     grpcurl -plaintext -d '{{"page_size": 5}}' 127.0.0.1:7051 viewfinder.v1.DatasetService/ListDatasets
