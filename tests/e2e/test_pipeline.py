@@ -17,7 +17,7 @@ from aiokafka import AIOKafkaConsumer
 from PIL import Image
 
 from viewfinder.v1 import events_pb2, search_pb2
-from viewfinder_common.vectorstore.pgvector import table_name
+from viewfinder_common.vectorstore.postgres_sql import table_name
 
 from .conftest import Pipeline, clipart, eventually
 

@@ -78,7 +78,6 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from viewfinder_common.errors import FailedPrecondition, Unavailable
 from viewfinder_common.vectorstore import (
     DEFAULT_SEARCH_BREADTH,
-    INDEX_PREFIX,
     IndexNotFound,
     IndexSchema,
     SchemaMismatch,
@@ -89,10 +88,10 @@ from viewfinder_common.vectorstore import (
     VectorRow,
     canonical_id,
     validate_field_name,
-    validate_index_name,
     validate_schema,
 )
-from viewfinder_common.vectorstore.rows import CheckedQuery, checked_file_ids, checked_query, row_columns
+from viewfinder_common.vectorstore.postgres_sql import count_rows, quote_ident, table_name
+from viewfinder_common.vectorstore.rows import CheckedQuery, checked_query, row_columns
 
 # The vendor's recommended builder parameters.
 PROXIMA_BUILDER_PARAMS: Final = {
@@ -157,19 +156,9 @@ async def create_hologres_pool(settings: HologresSettings) -> asyncpg.Pool:
     return pool
 
 
-def quote_ident(name: str) -> str:
-    """A double-quoted SQL identifier (names are validated before; quoting is the second fence)."""
-    return '"' + name.replace('"', '""') + '"'
-
-
 def quote_literal(text: str) -> str:
     """A single-quoted SQL string literal (for ``CALL set_table_property``, sent as simple query)."""
     return "'" + text.replace("'", "''") + "'"
-
-
-def table_name(index: str) -> str:
-    """The table holding ``index``."""
-    return INDEX_PREFIX + validate_index_name(index)
 
 
 def proxima_entry() -> dict[str, Any]:
@@ -489,15 +478,7 @@ class HologresVectorStore:
         await self._schema(index)
         table = quote_ident(table_name(index))
         async with self._connection(index) as conn:
-            if filter is None:
-                return int(await conn.fetchval(f"SELECT count(*) FROM {table}"))  # noqa: S608
-            version = canonical_id(filter.dataset_version_id, "dataset version id")
-            file_ids = checked_file_ids(filter)
-            if file_ids is None:
-                sql = f"SELECT count(*) FROM {table} WHERE dataset_version_id = $1"  # noqa: S608
-                return int(await conn.fetchval(sql, version))
-            sql = f"SELECT count(*) FROM {table} WHERE dataset_version_id = $1 AND file_id = ANY($2::text[])"  # noqa: S608
-            return int(await conn.fetchval(sql, version, file_ids))
+            return await count_rows(conn, table, filter, "text")
 
     async def close(self) -> None:
         """Closes the pool if this store created it; a shared pool stays open for its owner."""

@@ -57,7 +57,6 @@ import asyncpg
 
 from viewfinder_common.vectorstore import (
     DEFAULT_SEARCH_BREADTH,
-    INDEX_PREFIX,
     IndexNotFound,
     IndexSchema,
     SchemaMismatch,
@@ -68,10 +67,10 @@ from viewfinder_common.vectorstore import (
     VectorRow,
     canonical_id,
     validate_field_name,
-    validate_index_name,
     validate_schema,
 )
-from viewfinder_common.vectorstore.rows import checked_file_ids, checked_query, row_columns
+from viewfinder_common.vectorstore.postgres_sql import count_rows, quote_ident, table_name
+from viewfinder_common.vectorstore.rows import checked_query, row_columns
 
 # HNSW build parameters (pgvector's defaults, measured in DESIGN §9).
 HNSW_M: Final = 16
@@ -88,16 +87,6 @@ _BASE_COLUMNS: Final = {
     "etag": "text",
     "updated_at": "timestamp with time zone",
 }
-
-
-def quote_ident(name: str) -> str:
-    """A double-quoted SQL identifier (names are validated before; quoting is the second fence)."""
-    return '"' + name.replace('"', '""') + '"'
-
-
-def table_name(index: str) -> str:
-    """The table holding ``index``."""
-    return INDEX_PREFIX + validate_index_name(index)
 
 
 def _relation_name(table: str, suffix: str) -> str:
@@ -407,15 +396,7 @@ class PgVectorStore:
         await self._schema(index)
         table = quote_ident(table_name(index))
         async with self._connection(index) as conn:
-            if filter is None:
-                return int(await conn.fetchval(f"SELECT count(*) FROM {table}"))  # noqa: S608
-            version = canonical_id(filter.dataset_version_id, "dataset version id")
-            file_ids = checked_file_ids(filter)
-            if file_ids is None:
-                sql = f"SELECT count(*) FROM {table} WHERE dataset_version_id = $1::uuid"  # noqa: S608
-                return int(await conn.fetchval(sql, version))
-            sql = f"SELECT count(*) FROM {table} WHERE dataset_version_id = $1::uuid AND file_id = ANY($2::uuid[])"  # noqa: S608
-            return int(await conn.fetchval(sql, version, file_ids))
+            return await count_rows(conn, table, filter, "uuid")
 
     async def close(self) -> None:
         """Closes the pool if this store created it; a shared pool stays open for its owner."""

@@ -1,0 +1,41 @@
+"""SQL pieces shared by the adapters that speak the PostgreSQL protocol (pgvector, Hologres)."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import asyncpg
+
+from viewfinder_common.vectorstore import INDEX_PREFIX, VectorFilter, canonical_id, validate_index_name
+from viewfinder_common.vectorstore.rows import checked_file_ids
+
+
+def quote_ident(name: str) -> str:
+    """A double-quoted SQL identifier (names are validated before; quoting is the second fence)."""
+    return '"' + name.replace('"', '""') + '"'
+
+
+def table_name(index: str) -> str:
+    """The table holding ``index``."""
+    return INDEX_PREFIX + validate_index_name(index)
+
+
+async def count_rows(
+    conn: asyncpg.Connection, table: str, filter: VectorFilter | None, id_type: Literal["uuid", "text"]
+) -> int:
+    """Rows of ``table`` (a quoted name), optionally only one version's (and those file ids).
+
+    ``id_type`` is how the table stores ids: pgvector uses ``uuid``, Hologres ``text``.
+    """
+    if filter is None:
+        return int(await conn.fetchval(f"SELECT count(*) FROM {table}"))  # noqa: S608
+    version = canonical_id(filter.dataset_version_id, "dataset version id")
+    file_ids = checked_file_ids(filter)
+    if file_ids is None:
+        sql = f"SELECT count(*) FROM {table} WHERE dataset_version_id = $1::{id_type}"  # noqa: S608
+        return int(await conn.fetchval(sql, version))
+    sql = (
+        f"SELECT count(*) FROM {table} "  # noqa: S608
+        f"WHERE dataset_version_id = $1::{id_type} AND file_id = ANY($2::{id_type}[])"
+    )
+    return int(await conn.fetchval(sql, version, file_ids))
