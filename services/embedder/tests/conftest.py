@@ -9,13 +9,15 @@ from __future__ import annotations
 
 import asyncio
 import io
+import json
 import logging
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass
-from typing import Any
+from pathlib import Path
+from typing import Any, ClassVar
 
 import asyncpg
 import grpc
@@ -273,6 +275,184 @@ def start_embedder(
     return start
 
 
+# ── tiny, randomly initialised CLIP models in both directory layouts ──────
+# (torch and transformers are imported inside: most tests need neither)
+
+TINY_CLIP_WORDS = ["a", "photo", "of", "red", "blue", "green", "cat", "dog"]
+# The open_clip-layout model's vocabulary: like CLIP's, the end token has the
+# highest id (open_clip pools the text at the argmax token).
+TINY_OPEN_CLIP_VOCAB_SIZE = 64
+TINY_OPEN_CLIP_CONTEXT = 16
+TINY_OPEN_CLIP_START = TINY_OPEN_CLIP_VOCAB_SIZE - 2
+TINY_OPEN_CLIP_END = TINY_OPEN_CLIP_VOCAB_SIZE - 1
+TINY_OPEN_CLIP_MEAN, TINY_OPEN_CLIP_STD = (0.5, 0.4, 0.3), (0.2, 0.25, 0.3)
+
+
+def save_tiny_clip(directory: Path) -> None:
+    """A tiny CLIP in the transformers layout (``save_pretrained`` of model and tokenizer)."""
+    import torch  # noqa: PLC0415
+    from tokenizers import Tokenizer, models, pre_tokenizers  # noqa: PLC0415
+    from transformers import CLIPConfig, CLIPModel, PreTrainedTokenizerFast  # noqa: PLC0415
+
+    torch.manual_seed(0)
+    vocab = {"<unk>": 0, "<|startoftext|>": 1, "<|endoftext|>": 2}
+    for word in TINY_CLIP_WORDS:
+        vocab[word] = len(vocab)
+    tower = {"hidden_size": 32, "intermediate_size": 37, "num_attention_heads": 4, "num_hidden_layers": 2}
+    config = CLIPConfig(
+        text_config={
+            **tower,
+            "vocab_size": 64,
+            "max_position_embeddings": 16,
+            "bos_token_id": 1,
+            "eos_token_id": 2,
+            "pad_token_id": 2,
+        },
+        vision_config={**tower, "image_size": 32, "patch_size": 8},
+        projection_dim=24,
+    )
+    CLIPModel(config).save_pretrained(str(directory))
+    word_level = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    word_level.pre_tokenizer = pre_tokenizers.Whitespace()
+    PreTrainedTokenizerFast(  # type: ignore[no-untyped-call]
+        tokenizer_object=word_level,
+        unk_token="<unk>",
+        bos_token="<|startoftext|>",
+        eos_token="<|endoftext|>",
+        pad_token="<|endoftext|>",
+        model_max_length=16,
+    ).save_pretrained(str(directory))
+
+
+def tiny_open_clip_vocab() -> dict[str, int]:
+    """Word → id of the open_clip-layout model's tokenizer."""
+    vocab = {"<unk>": 0, "<|startoftext|>": TINY_OPEN_CLIP_START, "<|endoftext|>": TINY_OPEN_CLIP_END}
+    for number, word in enumerate(TINY_CLIP_WORDS, start=1):
+        vocab[word] = number
+    return vocab
+
+
+def tiny_reference_clip(quick_gelu: bool, layer_norm_eps: float = 1e-5) -> Any:
+    """A tiny transformers ``CLIPModel`` shaped like the open_clip config below (mlp_ratio 4)."""
+    import torch  # noqa: PLC0415
+    from transformers import CLIPConfig, CLIPModel  # noqa: PLC0415
+
+    torch.manual_seed(3)
+    tower = {
+        "hidden_size": 32,
+        "intermediate_size": 128,
+        "num_attention_heads": 4,
+        "num_hidden_layers": 2,
+        "hidden_act": "quick_gelu" if quick_gelu else "gelu",
+        "layer_norm_eps": layer_norm_eps,
+    }
+    config = CLIPConfig(
+        text_config={
+            **tower,
+            "vocab_size": TINY_OPEN_CLIP_VOCAB_SIZE,
+            "max_position_embeddings": TINY_OPEN_CLIP_CONTEXT,
+            "bos_token_id": TINY_OPEN_CLIP_START,
+            "eos_token_id": TINY_OPEN_CLIP_END,
+            "pad_token_id": 0,
+        },
+        vision_config={**tower, "image_size": 32, "patch_size": 8},
+        projection_dim=24,
+    )
+    model = CLIPModel(config)
+    with torch.no_grad():  # transformers initialises LayerNorms to identity; make them matter
+        for name, param in model.named_parameters():
+            if "norm" in name:
+                param.add_(0.1 * torch.randn_like(param))
+    return model.eval()
+
+
+def open_clip_state_dict(model: Any) -> dict[str, Any]:
+    """A transformers CLIP's weights under open_clip's ``CLIP`` parameter names."""
+    import torch  # noqa: PLC0415
+
+    hf = {key: value.detach().clone() for key, value in model.state_dict().items()}
+    out = {
+        "visual.class_embedding": hf["vision_model.embeddings.class_embedding"],
+        "visual.conv1.weight": hf["vision_model.embeddings.patch_embedding.weight"],
+        "visual.positional_embedding": hf["vision_model.embeddings.position_embedding.weight"],
+        "visual.proj": hf["visual_projection.weight"].T.contiguous(),
+        "token_embedding.weight": hf["text_model.embeddings.token_embedding.weight"],
+        "positional_embedding": hf["text_model.embeddings.position_embedding.weight"],
+        "text_projection": hf["text_projection.weight"].T.contiguous(),
+        "logit_scale": hf["logit_scale"],
+    }
+    for ours, theirs in [
+        ("visual.ln_pre", "vision_model.pre_layrnorm"),
+        ("visual.ln_post", "vision_model.post_layernorm"),
+        ("ln_final", "text_model.final_layer_norm"),
+    ]:
+        for part in ("weight", "bias"):
+            out[f"{ours}.{part}"] = hf[f"{theirs}.{part}"]
+    for ours, theirs in [
+        ("visual.transformer", "vision_model.encoder"),
+        ("transformer", "text_model.encoder"),
+    ]:
+        for layer in range(2):
+            block, hf_block = f"{ours}.resblocks.{layer}", f"{theirs}.layers.{layer}"
+            for part in ("weight", "bias"):
+                # open_clip keeps nn.MultiheadAttention's stacked q, k, v projection.
+                out[f"{block}.attn.in_proj_{part}"] = torch.cat(
+                    [hf[f"{hf_block}.self_attn.{p}_proj.{part}"] for p in "qkv"]
+                )
+                out[f"{block}.attn.out_proj.{part}"] = hf[f"{hf_block}.self_attn.out_proj.{part}"]
+                out[f"{block}.ln_1.{part}"] = hf[f"{hf_block}.layer_norm1.{part}"]
+                out[f"{block}.ln_2.{part}"] = hf[f"{hf_block}.layer_norm2.{part}"]
+                out[f"{block}.mlp.c_fc.{part}"] = hf[f"{hf_block}.mlp.fc1.{part}"]
+                out[f"{block}.mlp.c_proj.{part}"] = hf[f"{hf_block}.mlp.fc2.{part}"]
+    return out
+
+
+def open_clip_config(quick_gelu: bool, **vision_extra: Any) -> dict[str, Any]:
+    """``open_clip_config.json`` of the tiny model (``vision_extra`` overrides vision_cfg)."""
+    return {
+        "model_cfg": {
+            "embed_dim": 24,
+            "quick_gelu": quick_gelu,
+            "vision_cfg": {"image_size": 32, "layers": 2, "width": 32, "head_width": 8, "patch_size": 8}
+            | vision_extra,
+            "text_cfg": {
+                "context_length": TINY_OPEN_CLIP_CONTEXT,
+                "vocab_size": TINY_OPEN_CLIP_VOCAB_SIZE,
+                "width": 32,
+                "heads": 4,
+                "layers": 2,
+            },
+        },
+        "preprocess_cfg": {
+            "mean": list(TINY_OPEN_CLIP_MEAN),
+            "std": list(TINY_OPEN_CLIP_STD),
+            "interpolation": "bicubic",
+        },
+    }
+
+
+def save_tiny_open_clip(
+    directory: Path, *, quick_gelu: bool = False, weights: str = "open_clip_model.safetensors"
+) -> Any:
+    """A tiny CLIP in the open_clip layout (what ``save_for_hf`` writes: config, weights,
+    tokenizer); returns the transformers model holding the same weights."""
+    import torch  # noqa: PLC0415
+    from safetensors.torch import save_file  # noqa: PLC0415
+    from tokenizers import Tokenizer, models, pre_tokenizers  # noqa: PLC0415
+
+    reference = tiny_reference_clip(quick_gelu)
+    state = open_clip_state_dict(reference)
+    if weights.endswith(".safetensors"):
+        save_file(state, str(directory / weights))
+    else:
+        torch.save(state, directory / weights)
+    (directory / "open_clip_config.json").write_text(json.dumps(open_clip_config(quick_gelu)))
+    tokenizer = Tokenizer(models.WordLevel(tiny_open_clip_vocab(), unk_token="<unk>"))
+    tokenizer.pre_tokenizer = pre_tokenizers.Whitespace()
+    tokenizer.save(str(directory / "tokenizer.json"))
+    return reference
+
+
 @pytest.fixture
 def helpers() -> Any:
     """Module-level helpers of this conftest (importlib mode cannot import conftest)."""
@@ -283,5 +463,18 @@ def helpers() -> Any:
         read_topic = staticmethod(read_topic)
         wait_until = staticmethod(wait_until)
         poison = POISON
+        save_tiny_clip = staticmethod(save_tiny_clip)
+        save_tiny_open_clip = staticmethod(save_tiny_open_clip)
+        open_clip_config = staticmethod(open_clip_config)
+        tiny_reference_clip = staticmethod(tiny_reference_clip)
+        open_clip_state_dict = staticmethod(open_clip_state_dict)
+        tiny_open_clip_vocab = staticmethod(tiny_open_clip_vocab)
+        tiny_open_clip: ClassVar[dict[str, Any]] = {
+            "context": TINY_OPEN_CLIP_CONTEXT,
+            "start": TINY_OPEN_CLIP_START,
+            "end": TINY_OPEN_CLIP_END,
+            "mean": TINY_OPEN_CLIP_MEAN,
+            "std": TINY_OPEN_CLIP_STD,
+        }
 
     return Helpers

@@ -10,6 +10,7 @@ from viewfinder.v1 import embedding_pb2, embedding_pb2_grpc
 from viewfinder_common.app import Resources, ServiceParts, run_service
 from viewfinder_common.runtime import run_until_signalled
 from viewfinder_common.s3 import s3_client
+from viewfinder_common.vectorstore.factory import stored_vector_store_opener
 from viewfinder_embedder.adapters.catalogue import PgIndexCatalogue
 from viewfinder_embedder.adapters.decode_pool import ProcessPoolDecoder
 from viewfinder_embedder.adapters.jobs import PgIndexJobStore
@@ -49,7 +50,11 @@ async def build(
     stack.push_async_callback(models.close)
     # Load the default model now: a broken install fails the start, not the first file.
     await models.model(settings.default_model_connection)
-    stores = VectorStoreRegistry(settings.vector_store, resources.pool)
+    stores = VectorStoreRegistry(
+        settings.vector_store,
+        resources.pool,
+        stored=stored_vector_store_opener(resources.pool, settings.connections, settings.vector_store),
+    )
     stack.push_async_callback(stores.close)
     decoder = ProcessPoolDecoder(
         workers=settings.decode_workers, max_pixels=settings.max_image_pixels, fit=settings.fit

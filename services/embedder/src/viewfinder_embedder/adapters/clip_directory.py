@@ -1,10 +1,18 @@
 """``EmbeddingModel`` over a CLIP-style model saved in a local directory.
 
-The directory has the transformers layout (``config.json`` of a CLIP model,
-``model.safetensors``, a tokenizer, optionally ``preprocessor_config.json``
-with ``image_mean`` / ``image_std``), as ``CLIPModel.save_pretrained`` and
-``tokenizer.save_pretrained`` write it. Images arrive decoded at the
-vision tower's own ``image_size``, so preprocessing is only the
+Two layouts are read:
+
+* **transformers**: ``config.json`` of a CLIP model, ``model.safetensors``, a
+  tokenizer, optionally ``preprocessor_config.json`` with ``image_mean`` /
+  ``image_std``, as ``CLIPModel.save_pretrained`` and
+  ``tokenizer.save_pretrained`` write it;
+* **open_clip**: ``open_clip_config.json``, ``open_clip_model.safetensors`` or
+  ``open_clip_pytorch_model.bin`` and the tokenizer, as open_clip's
+  ``save_for_hf`` writes it (ViT towers; see ``open_clip_directory``).
+
+A directory with a transformers ``config.json`` is read as transformers,
+else one with ``open_clip_config.json`` as open_clip. Images arrive decoded
+at the vision tower's own ``image_size``, so preprocessing is only the
 normalisation; no image processor (and no torchvision) is needed.
 
 One shared image/text space: one field, ``embedding``, with the projection
@@ -19,7 +27,7 @@ import hashlib
 import json
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import numpy.typing as npt
@@ -55,38 +63,119 @@ def _directory_version(path: Path) -> str:
     return digest.hexdigest()[:16]
 
 
+class ClipEncoder(Protocol):
+    """The two towers of a loaded CLIP network (torch tensors in, unnormalised features out)."""
+
+    def image_features(self, pixel_values: Any) -> Any:
+        """(N, 3, H, W) normalised pixels → (N, dimension) features."""
+
+    def text_features(self, texts: Sequence[str]) -> Any:
+        """Texts → (N, dimension) features."""
+
+
+class TransformersClipEncoder:
+    """A transformers ``CLIPModel`` and its tokenizer."""
+
+    def __init__(self, model: Any, tokenizer: Any, *, max_text_tokens: int) -> None:
+        self._model = model
+        self._tokenizer = tokenizer
+        self._max_text_tokens = max_text_tokens
+
+    def image_features(self, pixel_values: Any) -> Any:
+        """``get_image_features``."""
+        return _features(self._model.get_image_features(pixel_values=pixel_values))
+
+    def text_features(self, texts: Sequence[str]) -> Any:
+        """``get_text_features`` of the tokenized texts."""
+        encoded = self._tokenizer(
+            list(texts), padding=True, truncation=True, max_length=self._max_text_tokens, return_tensors="pt"
+        )
+        return _features(
+            self._model.get_text_features(
+                input_ids=encoded["input_ids"], attention_mask=encoded["attention_mask"]
+            )
+        )
+
+
+class OpenClipEncoder:
+    """An open_clip ``CLIP`` network rebuilt in plain torch, and open_clip's text encoding."""
+
+    def __init__(self, network: Any, tokenizer: Any) -> None:
+        self._network = network
+        self._tokenizer = tokenizer
+
+    def image_features(self, pixel_values: Any) -> Any:
+        """``encode_image``."""
+        return self._network.encode_image(pixel_values)
+
+    def text_features(self, texts: Sequence[str]) -> Any:
+        """``encode_text`` of open_clip-style token ids."""
+        return self._network.encode_text(self._tokenizer(texts))
+
+
+def _has_transformers_layout(path: Path) -> bool:
+    return (path / "config.json").is_file()
+
+
 class ClipDirectoryModel:
-    """A transformers CLIP model loaded from a directory; build it with ``load``."""
+    """A CLIP model loaded from a directory (transformers or open_clip layout); build it with ``load``."""
 
     def __init__(
         self,
-        model: Any,
-        tokenizer: Any,
+        encoder: ClipEncoder,
         *,
         identity: ModelIdentity,
         dimension: int,
         image_size: int,
         mean: Sequence[float],
         std: Sequence[float],
-        max_text_tokens: int,
     ) -> None:
-        self._model = model
-        self._tokenizer = tokenizer
+        self._encoder = encoder
         self._identity = identity
         self._fields = (ModelField(FIELD_NAME, dimension, frozenset({QueryKind.TEXT, QueryKind.IMAGE})),)
         self._image_size = image_size
         self._mean = np.asarray(mean, dtype=np.float32).reshape(1, 3, 1, 1)
         self._std = np.asarray(std, dtype=np.float32).reshape(1, 3, 1, 1)
-        self._max_text_tokens = max_text_tokens
         self._inference = asyncio.Lock()
 
     @classmethod
     def load(cls, path: Path) -> ClipDirectoryModel:
-        """Blocking: loads the model and tokenizer (call it in a thread)."""
+        """Blocking: loads the model and tokenizer of either layout (call it in a thread)."""
+        if not path.is_dir():
+            raise ModelError(f"model directory {path} does not exist")
+        if _has_transformers_layout(path):
+            return cls._load_transformers(path)
+        from viewfinder_embedder.adapters import open_clip_directory  # noqa: PLC0415 (torch; only when configured)
+
+        if (path / open_clip_directory.CONFIG_NAME).is_file():
+            return cls._load_open_clip(path)
+        raise ModelError(
+            f"{path} has no config.json (transformers layout) and no "
+            f"{open_clip_directory.CONFIG_NAME} (open_clip layout)"
+        )
+
+    @classmethod
+    def _load_open_clip(cls, path: Path) -> ClipDirectoryModel:
+        from viewfinder_embedder.adapters import open_clip_directory  # noqa: PLC0415
+
+        config = open_clip_directory.read_config(path)
+        tokenizer = open_clip_directory.OpenClipTokenizer(
+            path, context_length=config.text.context_length, pad_id=config.text.pad_id
+        )
+        network = open_clip_directory.load_network(path, config)
+        return cls(
+            OpenClipEncoder(network, tokenizer),
+            identity=ModelIdentity(id=f"open-clip-directory:{path.name}", version=_directory_version(path)),
+            dimension=config.embed_dim,
+            image_size=config.vision.image_size,
+            mean=config.mean or CLIP_MEAN,
+            std=config.std or CLIP_STD,
+        )
+
+    @classmethod
+    def _load_transformers(cls, path: Path) -> ClipDirectoryModel:
         from transformers import AutoTokenizer, CLIPModel  # noqa: PLC0415 (heavy; only when configured)
 
-        if not (path / "config.json").is_file():
-            raise ModelError(f"{path} has no config.json: not a transformers model directory")
         model: Any = CLIPModel.from_pretrained(str(path))
         model.eval()
         tokenizer = AutoTokenizer.from_pretrained(str(path))
@@ -94,14 +183,14 @@ class ClipDirectoryModel:
         settings: dict[str, Any] = json.loads(preprocessor.read_text()) if preprocessor.is_file() else {}
         config: Any = model.config  # transformers' config attributes are loosely typed
         return cls(
-            model,
-            tokenizer,
+            TransformersClipEncoder(
+                model, tokenizer, max_text_tokens=int(config.text_config.max_position_embeddings)
+            ),
             identity=ModelIdentity(id=f"clip-directory:{path.name}", version=_directory_version(path)),
             dimension=int(config.projection_dim),
             image_size=int(config.vision_config.image_size),
             mean=settings.get("image_mean", CLIP_MEAN),
             std=settings.get("image_std", CLIP_STD),
-            max_text_tokens=int(config.text_config.max_position_embeddings),
         )
 
     @property
@@ -144,22 +233,15 @@ class ClipDirectoryModel:
         batch: npt.NDArray[np.float32] = np.stack(images).astype(np.float32).transpose(0, 3, 1, 2) / 255.0
         batch = (batch - self._mean) / self._std
         with torch.inference_mode():
-            output = self._model.get_image_features(
-                pixel_values=torch.from_numpy(np.ascontiguousarray(batch))
-            )
-        return l2_normalise(_features(output).detach().cpu().numpy())
+            features = self._encoder.image_features(torch.from_numpy(np.ascontiguousarray(batch)))
+        return l2_normalise(features.detach().cpu().numpy())
 
     def _text_features(self, texts: Sequence[str]) -> VectorMatrix:
         import torch  # noqa: PLC0415
 
-        encoded = self._tokenizer(
-            list(texts), padding=True, truncation=True, max_length=self._max_text_tokens, return_tensors="pt"
-        )
         with torch.inference_mode():
-            output = self._model.get_text_features(
-                input_ids=encoded["input_ids"], attention_mask=encoded["attention_mask"]
-            )
-        return l2_normalise(_features(output).detach().cpu().numpy())
+            features = self._encoder.text_features(texts)
+        return l2_normalise(features.detach().cpu().numpy())
 
     async def close(self) -> None:
         """Nothing to release but memory."""

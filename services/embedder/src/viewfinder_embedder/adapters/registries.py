@@ -1,4 +1,16 @@
-"""Models and vector stores by connection name, each loaded or opened once per process."""
+"""Models and vector stores by connection name, each loaded or opened once per process.
+
+A name is first looked up in the service's configuration (``model_connections``;
+the vector store kinds ``pgvector``, ``milvus`` and the configured one), then
+among the connections stored through ConnectionService. An unknown name is
+NOT_FOUND and a connection of the wrong family INVALID_ARGUMENT; a model
+connection that cannot be loaded (a directory it cannot read, a service that
+refuses the key, the URL or the model name) is FAILED_PRECONDITION. All are
+domain errors: the pipeline dead-letters the files of a dataset that names
+such a connection instead of redelivering the batch (and stalling its
+partition) forever. An unreachable or overloaded service still raises as is,
+so that the batch is delivered again.
+"""
 
 from __future__ import annotations
 
@@ -11,13 +23,17 @@ from viewfinder_common.connections.resolve import resolve_connection
 from viewfinder_common.connections.secrets import SecretVault
 from viewfinder_common.connections.settings import ConnectionSettings
 from viewfinder_common.connections.store import ConnectionStore
-from viewfinder_common.errors import NotFound
+from viewfinder_common.errors import FailedPrecondition, InvalidArgument, NotFound
+from viewfinder_common.http_retry import HTTPStatusError
 from viewfinder_common.vectorstore import VectorStore
 from viewfinder_common.vectorstore.factory import VectorStoreSettings, create_vector_store
 from viewfinder_embedder.adapters.offline_model import OfflineEmbeddingModel
 from viewfinder_embedder.adapters.remote_models import connect_model
 from viewfinder_embedder.config import ModelConnection, OfflineModelSettings
-from viewfinder_embedder.domain.model import EmbeddingModel
+from viewfinder_embedder.domain.model import EmbeddingModel, ModelError
+
+# Answers of a model service at connect time that no retry will change.
+_REFUSED_STATUSES = frozenset({400, 401, 403, 404})
 
 
 def load_offline_model(settings: OfflineModelSettings) -> OfflineEmbeddingModel:
@@ -27,20 +43,43 @@ def load_offline_model(settings: OfflineModelSettings) -> OfflineEmbeddingModel:
     )
 
 
-# Builds the model of a connection stored through ConnectionService, by name.
-StoredModelLoader = Callable[[str], Awaitable[EmbeddingModel]]
+class UnknownConnection(NotFound, KeyError):
+    """No connection of that name is configured or stored."""
+
+    def __str__(self) -> str:  # KeyError's own str() would quote the message
+        return str(self.args[0]) if self.args else ""
+
+
+# Builds the model of a connection stored through ConnectionService, by name;
+# None means "the offline default", which the registry shares with its own.
+StoredModelLoader = Callable[[str], Awaitable[EmbeddingModel | None]]
+# Opens the vector store of a stored database connection, by name
+# (``viewfinder_common.vectorstore.factory.stored_vector_store_opener``).
+StoredStoreLoader = Callable[[str], Awaitable[VectorStore]]
 
 
 def stored_model_loader(pool: asyncpg.Pool, settings: ConnectionSettings) -> StoredModelLoader:
     """Loads models of stored connections: resolve name → kind, config, secret → model."""
     store, vault = ConnectionStore(pool), SecretVault(settings)
 
-    async def load(name: str) -> EmbeddingModel:
+    async def load(name: str) -> EmbeddingModel | None:
         try:
             resolved = await resolve_connection(store, vault, name)
         except NotFound:
-            raise KeyError(name) from None
-        return await connect_model(resolved.spec.kind.value, resolved.spec.config, resolved.secret)
+            raise UnknownConnection(f"no model connection named {name!r} is configured or stored") from None
+        kind = resolved.spec.kind.value
+        if kind == "offline_default":
+            return None
+        if kind not in ("dashscope_embedding", "pai_eas", "local_model_directory"):
+            raise InvalidArgument(f"connection {name!r} is a {kind} connection, not an embedding model")
+        try:
+            return await connect_model(kind, resolved.spec.config, resolved.secret)
+        except ModelError as err:
+            raise FailedPrecondition(f"model connection {name!r} cannot be loaded: {err}") from err
+        except HTTPStatusError as err:  # its message is already free of the secret
+            if err.status not in _REFUSED_STATUSES:
+                raise
+            raise FailedPrecondition(f"model connection {name!r} was refused by its service: {err}") from err
 
     return load
 
@@ -78,33 +117,52 @@ class ModelRegistry:
             model = self._models.get(connection)
             if model is None:
                 if connection in self._connections:
-                    model = await asyncio.to_thread(load_offline_model, self._offline)
+                    model = await self._offline_model()
                 elif self._stored is not None:
-                    model = await self._stored(connection)
+                    stored = await self._stored(connection)
+                    model = stored if stored is not None else await self._offline_model()
                 else:
-                    raise KeyError(connection)
+                    raise UnknownConnection(f"no model connection named {connection!r} is configured")
                 self._models[connection] = model
         return model
 
+    async def _offline_model(self) -> EmbeddingModel:
+        """The offline model, loaded once however many connections name it (call under the lock)."""
+        for name, connection in self._connections.items():
+            if connection.kind == "offline" and name in self._models:
+                return self._models[name]
+        for model in self._models.values():
+            if isinstance(model, OfflineEmbeddingModel):
+                return model
+        return await asyncio.to_thread(load_offline_model, self._offline)
+
     async def close(self) -> None:
-        """Closes the models this registry loaded (preloaded ones belong to their owner)."""
-        for name, model in self._models.items():
-            if name not in self._preloaded:
+        """Closes the models this registry loaded, each once (preloaded ones belong to their owner)."""
+        borrowed = {id(model) for name, model in self._models.items() if name in self._preloaded}
+        closed: set[int] = set()
+        for model in self._models.values():
+            if id(model) not in borrowed and id(model) not in closed:
+                closed.add(id(model))
                 await model.close()
 
 
 class VectorStoreRegistry:
-    """``VectorStoreProvider``: connection names are the adapter kinds (``pgvector``, ``milvus``)."""
+    """``VectorStoreProvider``: the service's own stores by adapter kind (``pgvector``,
+    ``milvus`` and the configured kind), then stored database connections by name."""
 
-    def __init__(self, settings: VectorStoreSettings, pool: asyncpg.Pool) -> None:
+    def __init__(
+        self, settings: VectorStoreSettings, pool: asyncpg.Pool, *, stored: StoredStoreLoader | None = None
+    ) -> None:
         self._settings = settings
         self._pool = pool
+        self._own = {"pgvector", "milvus", settings.kind}
+        self._stored = stored
         self._stores: dict[str, VectorStore] = {}
         self._lock = asyncio.Lock()
 
     def has_connection(self, name: str) -> bool:
-        """Whether ``name`` is a known vector store."""
-        return name in {"pgvector", "milvus"}
+        """Whether ``name`` is a known vector store (stored connections are found on first use)."""
+        return name in self._own or self._stored is not None
 
     async def store(self, connection: str) -> VectorStore:
         """The store, opened on first use (pgvector shares the catalogue pool)."""
@@ -114,8 +172,13 @@ class VectorStoreRegistry:
         async with self._lock:
             store = self._stores.get(connection)
             if store is None:
-                kind_settings = self._settings.model_copy(update={"kind": connection})
-                store = await create_vector_store(kind_settings, pool=self._pool)
+                if connection in self._own:
+                    kind_settings = self._settings.model_copy(update={"kind": connection})
+                    store = await create_vector_store(kind_settings, pool=self._pool)
+                elif self._stored is not None:
+                    store = await self._stored(connection)
+                else:
+                    raise UnknownConnection(f"no vector store connection named {connection!r} is configured")
                 self._stores[connection] = store
         return store
 
