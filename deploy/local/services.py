@@ -87,6 +87,7 @@ def plan(cfg: stack.StackConfig, base_env: Mapping[str, str] | None = None) -> S
     }
     embedder = f"{stack.HOST}:{ports['embedder']}"
     env.setdefault("VIEWFINDER_SEARCH_EMBEDDER_TARGET", embedder)
+    env.setdefault("VIEWFINDER_INGEST_EMBEDDER_TARGET", embedder)
     env.setdefault("VIEWFINDER_EXPORTER_SEARCH_TARGET", f"{stack.HOST}:{ports['search']}")
     env.setdefault("VIEWFINDER_EXPORTER_ALLOWED_BUCKETS", DEFAULT_EXPORT_BUCKETS)
     env.setdefault(

@@ -19,6 +19,10 @@ class IngestSettings(ServiceSettings):
     # stored by value are encrypted with this key, shared with the embedder.
     connections: ConnectionSettings = Field(default_factory=ConnectionSettings)
     grpc_port: int = 7051
+    # The embedder's EmbedService: switching a dataset's indexing connections
+    # starts an index job there (and cancels a superseded one).
+    embedder_target: str = "127.0.0.1:7053"
+    embedder_deadline_s: float = Field(default=10.0, gt=0)
 
     # Most files a new dataset's versions may hold (DESIGN §3); stored per
     # dataset at creation, so changing it does not touch existing datasets.

@@ -14,14 +14,17 @@ from dataclasses import dataclass
 from typing import Any
 
 import asyncpg
+import grpc
 from faststream.kafka import KafkaBroker, KafkaRouter
 
 from viewfinder.v1 import dataset_pb2, dataset_pb2_grpc
 from viewfinder_common.app import Resources, ServiceParts, run_service
 from viewfinder_common.connections import service as connection_service
+from viewfinder_common.connections.store import ConnectionStore
 from viewfinder_common.runtime import run_until_signalled
 from viewfinder_common.s3 import s3_client
 from viewfinder_ingest.adapters.catalogue import Catalogue
+from viewfinder_ingest.adapters.embedder import EmbedderIndexes
 from viewfinder_ingest.adapters.kafka import KafkaDeadLetterSink, KafkaEventPublisher
 from viewfinder_ingest.adapters.storage import S3ObjectStore
 from viewfinder_ingest.config import IngestSettings
@@ -48,12 +51,14 @@ class IngestComponents:
     servicer: DatasetServicer
     router: KafkaRouter
     webhook: WebhookServer
+    # To the embedder (settings.embedder_target); whoever assembles closes it.
+    embedder_channel: grpc.aio.Channel | None = None
 
 
 def assemble(
     settings: IngestSettings, pool: asyncpg.Pool, broker: KafkaBroker, s3: Any, executor: ThreadPoolExecutor
 ) -> IngestComponents:
-    """Wires the service's parts over open connections."""
+    """Wires the service's parts over open connections (the embedder channel connects on first use)."""
     catalogue = Catalogue(pool, job_stale_after_s=settings.job_stale_after_s)
     store = S3ObjectStore(s3)
     inspector = ObjectInspector(
@@ -82,8 +87,16 @@ def assemble(
         broker, service=settings.service_name, source_topic=settings.kafka.topic_storage_events
     )
     processor = NotificationProcessor(catalogue, store, inspector, publisher, dead_letters)
+    embedder_channel = grpc.aio.insecure_channel(settings.embedder_target)
     servicer = DatasetServicer(
-        catalogue, store, runner, version_file_limit=settings.default_version_file_limit
+        catalogue,
+        store,
+        runner,
+        version_file_limit=settings.default_version_file_limit,
+        stored_connections=ConnectionStore(pool),
+        indexes=EmbedderIndexes(
+            embedder_channel, target=settings.embedder_target, deadline_s=settings.embedder_deadline_s
+        ),
     )
     router = storage_events_router(
         processor,
@@ -99,7 +112,9 @@ def assemble(
         host=settings.webhook_host,
         port=settings.webhook_port,
     )
-    return IngestComponents(catalogue, store, inspector, runner, processor, servicer, router, webhook)
+    return IngestComponents(
+        catalogue, store, inspector, runner, processor, servicer, router, webhook, embedder_channel
+    )
 
 
 async def build(resources: Resources) -> ServiceParts:
@@ -110,6 +125,8 @@ async def build(resources: Resources) -> ServiceParts:
     executor = ThreadPoolExecutor(settings.inspect_threads, thread_name_prefix="ingest-inspect")
     resources.exit_stack.callback(executor.shutdown, wait=True, cancel_futures=True)
     parts = assemble(settings, resources.pool, resources.broker, s3, executor)
+    assert parts.embedder_channel is not None
+    resources.exit_stack.push_async_callback(parts.embedder_channel.close)
 
     async def run_jobs_until_stopped() -> None:
         # Cancelled before the broker and pool close, so running jobs record

@@ -125,13 +125,20 @@ class IndexingSettings(_message.Message):
     MODEL_CONNECTION_FIELD_NUMBER: _builtins.int
     VECTOR_STORE_CONNECTION_FIELD_NUMBER: _builtins.int
     ACTIVE_INDEX_FIELD_NUMBER: _builtins.int
+    SWITCH_JOB_ID_FIELD_NUMBER: _builtins.int
     model_connection: _builtins.str
     """Name of the model connection (embedding model); empty means the service default."""
     vector_store_connection: _builtins.str
     """Name of the vector store connection; empty means the service default."""
     active_index: _builtins.str
     """Index (table or collection) that search uses for this dataset; empty
-    until the first index is built.
+    until the first index is built. Set by the embedder; UpdateDataset keeps it.
+    """
+    switch_job_id: _builtins.str
+    """Index job (EmbedService.GetIndexJob) started by the last UpdateDataset
+    that changed the connections: it builds a new index with them while
+    search keeps using the active one, and makes it active when it succeeds.
+    Empty when that update needed no new index. Set by the service.
     """
     def __init__(
         self,
@@ -139,10 +146,11 @@ class IndexingSettings(_message.Message):
         model_connection: _builtins.str = ...,
         vector_store_connection: _builtins.str = ...,
         active_index: _builtins.str = ...,
+        switch_job_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["active_index", b"active_index", "model_connection", b"model_connection", "vector_store_connection", b"vector_store_connection"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["active_index", b"active_index", "model_connection", b"model_connection", "switch_job_id", b"switch_job_id", "vector_store_connection", b"vector_store_connection"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -144,34 +144,7 @@ class PgIndexCatalogue:
     async def activate_index(self, name: str) -> None:
         """Makes ``name`` the only active index of its dataset (and tells DatasetService's settings)."""
         async with self._pool.acquire() as conn, conn.transaction():
-            dataset_id = await conn.fetchval(
-                "SELECT dataset_id FROM embedding_indexes WHERE name = $1 FOR UPDATE", name
-            )
-            if dataset_id is None:
-                return
-            # Serialise activations of one dataset (the partial unique index forbids two active).
-            await conn.execute("SELECT 1 FROM datasets WHERE id = $1 FOR UPDATE", dataset_id)
-            await conn.execute(
-                "UPDATE embedding_indexes SET active = false, updated_at = now() "
-                "WHERE dataset_id = $1 AND active AND name <> $2",
-                dataset_id,
-                name,
-            )
-            await conn.execute(
-                "UPDATE embedding_indexes SET active = true, updated_at = now() WHERE name = $1", name
-            )
-            has_settings = await conn.fetchval(
-                "SELECT EXISTS (SELECT 1 FROM information_schema.columns "
-                "WHERE table_schema = current_schema() AND table_name = 'datasets' AND column_name = 'indexing')"
-            )
-            if has_settings:
-                # Dataset.indexing.active_index as DatasetService shows it.
-                await conn.execute(
-                    "UPDATE datasets SET indexing = jsonb_set(coalesce(indexing, '{}'::jsonb), "
-                    "'{active_index}', to_jsonb($2::text)) WHERE id = $1",
-                    dataset_id,
-                    name,
-                )
+            await activate_in_transaction(conn, name)
 
     async def set_index_state(self, name: str, state: IndexState) -> None:
         """Records an index's lifecycle state."""
@@ -226,3 +199,39 @@ class PgIndexCatalogue:
                 index,
                 list(file_ids),
             )
+
+
+async def activate_in_transaction(conn: asyncpg.Connection, name: str) -> None:
+    """Inside the caller's transaction: ``name`` becomes its dataset's only active index, and ready.
+
+    Also writes ``datasets.indexing.active_index``, as DatasetService shows it.
+    """
+    # NO KEY: rows that reference the index (the pipeline's records) need not wait for this.
+    dataset_id = await conn.fetchval(
+        "SELECT dataset_id FROM embedding_indexes WHERE name = $1 FOR NO KEY UPDATE", name
+    )
+    if dataset_id is None:
+        return
+    # Serialise activations of one dataset (the partial unique index forbids two active).
+    await conn.execute("SELECT 1 FROM datasets WHERE id = $1 FOR UPDATE", dataset_id)
+    await conn.execute(
+        "UPDATE embedding_indexes SET active = false, updated_at = now() "
+        "WHERE dataset_id = $1 AND active AND name <> $2",
+        dataset_id,
+        name,
+    )
+    await conn.execute(
+        "UPDATE embedding_indexes SET active = true, state = 'ready', updated_at = now() WHERE name = $1",
+        name,
+    )
+    has_settings = await conn.fetchval(
+        "SELECT EXISTS (SELECT 1 FROM information_schema.columns "
+        "WHERE table_schema = current_schema() AND table_name = 'datasets' AND column_name = 'indexing')"
+    )
+    if has_settings:
+        await conn.execute(
+            "UPDATE datasets SET indexing = jsonb_set(coalesce(indexing, '{}'::jsonb), "
+            "'{active_index}', to_jsonb($2::text)) WHERE id = $1",
+            dataset_id,
+            name,
+        )

@@ -14,6 +14,7 @@ from typing import Any
 
 import asyncpg
 
+from viewfinder_embedder.adapters.catalogue import activate_in_transaction
 from viewfinder_embedder.domain.index_jobs import (
     RECENT_ERRORS,
     IndexJob,
@@ -243,19 +244,53 @@ class PgIndexJobStore(IndexJobStore):
         )
         return _job(row) if row else await self.get(job_id)
 
-    async def resume(self, job_id: str) -> IndexJob | None:
-        """FAILED or CANCELLED → PENDING with its checkpoint; otherwise unchanged."""
+    async def resume(self, job_id: str, *, rescan: bool = False) -> IndexJob | None:
+        """FAILED or CANCELLED → PENDING with its checkpoint (or, with ``rescan``, INCREMENTAL from the start)."""
         row = await self._pool.fetchrow(
             f"""
             UPDATE jobs SET state = 'pending', error = NULL, cancel_requested = false, finished_at = NULL,
-                resume_count = resume_count + 1, updated_at = now()
+                resume_count = resume_count + 1, updated_at = now(),
+                mode = CASE WHEN $3 THEN 'incremental' ELSE mode END,
+                checkpoint = CASE WHEN $3 THEN '{{}}'::jsonb ELSE checkpoint END,
+                counts = CASE WHEN $3 THEN $4::jsonb ELSE counts END,
+                progress = CASE WHEN $3 THEN 0 ELSE progress END
             WHERE id = $1::uuid AND kind = $2 AND state IN ('failed', 'cancelled')
             RETURNING {_COLUMNS}
             """,  # noqa: S608
             job_id,
             _KIND,
+            rescan,
+            _counts_json(JobCounts()),
         )
         return _job(row) if row else None
+
+    async def succeed_and_activate(self, job_id: str, index_name: str) -> bool:
+        """Unless cancellation was requested: the job SUCCEEDED and its index active, in one transaction."""
+        async with self._pool.acquire() as conn, conn.transaction():
+            # The row lock orders this against CancelIndexJob's update of the same row.
+            requested = await conn.fetchval(
+                "SELECT cancel_requested FROM jobs WHERE id = $1::uuid FOR UPDATE", job_id
+            )
+            if requested is None or requested:
+                return False
+            await activate_in_transaction(conn, index_name)
+            await conn.execute(
+                "UPDATE jobs SET state = 'succeeded', error = NULL, finished_at = now(), updated_at = now(), "
+                "progress = 1 WHERE id = $1::uuid",
+                job_id,
+            )
+        return True
+
+    async def activation_jobs(self, dataset_id: str) -> list[IndexJob]:
+        """The dataset's pending or running jobs that activate their index on success."""
+        rows = await self._pool.fetch(
+            f"SELECT {_COLUMNS} FROM jobs WHERE kind = $1 AND dataset_id = $2::uuid "  # noqa: S608
+            "AND state IN ('pending', 'running') AND (params ->> 'activate_on_success')::boolean "
+            "ORDER BY created_at",
+            _KIND,
+            dataset_id,
+        )
+        return [_job(row) for row in rows]
 
     async def dataset_of_version(self, dataset_version_id: str) -> str | None:
         """The version's dataset id, or None if the version does not exist."""

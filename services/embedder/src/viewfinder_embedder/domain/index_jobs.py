@@ -8,6 +8,10 @@
   a checkpoint (the page's last file id) are saved, so a resumed job goes on
   after the last finished page and never re-embeds it; a cancelled job stops
   after its current page.
+* A job that activates its index on success (a switch of the dataset's
+  indexing connections) succeeds and activates in one step, refused if a
+  cancel came in first. A failed or cancelled build's index becomes FAILED
+  (the pipeline stops writing new files to it) and the active index stays.
 * One worker runs one job at a time; workers of several replicas claim
   pending jobs with ``FOR UPDATE SKIP LOCKED``, and a running job whose worker
   stopped reporting is taken over.
@@ -169,11 +173,25 @@ class IndexJobStore(Protocol):
     async def requeue(self, job_id: str) -> None:
         """RUNNING → PENDING, for a worker that stops before the job is done."""
 
+    async def succeed_and_activate(self, job_id: str, index_name: str) -> bool:
+        """At once, unless cancellation was requested: job SUCCEEDED and the index its dataset's active one.
+
+        Returns False (and changes nothing) when cancellation was requested, so
+        a switch cancelled at the last moment never becomes active.
+        """
+
     async def request_cancel(self, job_id: str) -> IndexJob | None:
         """PENDING → CANCELLED; RUNNING → cancel requested; terminal: unchanged."""
 
-    async def resume(self, job_id: str) -> IndexJob | None:
-        """FAILED/CANCELLED → PENDING (checkpoint kept); other states: unchanged."""
+    async def resume(self, job_id: str, *, rescan: bool = False) -> IndexJob | None:
+        """FAILED/CANCELLED → PENDING (checkpoint kept); other states: unchanged.
+
+        ``rescan`` starts the job over in INCREMENTAL mode (checkpoint and
+        counts cleared): files already current in the index are skipped.
+        """
+
+    async def activation_jobs(self, dataset_id: str) -> list[IndexJob]:
+        """The dataset's pending or running jobs that activate their index on success."""
 
     async def count_active_files(self, dataset_version_id: str) -> int:
         """ACTIVE files of the version."""
@@ -257,19 +275,23 @@ class IndexJobRunner:
             log.exception("index_job_failed", job_id=job.id)
             await self._fail(job, f"{type(exc).__name__}: {exc}")
             return
-        await self._jobs.finish(job.id, final)
-        if final is JobState.SUCCEEDED:
-            await self._directory.catalogue.set_index_state(job.index_name, IndexState.READY)
-            if job.activate_on_success:
-                await self._directory.catalogue.activate_index(job.index_name)
+        if final is JobState.SUCCEEDED and job.activate_on_success:
+            # Activation and success are one step, refused if a cancel came in meanwhile.
+            if not await self._jobs.succeed_and_activate(job.id, job.index_name):
+                final = JobState.CANCELLED
+                await self._jobs.finish(job.id, final)
+        else:
+            await self._jobs.finish(job.id, final)
+            if final is JobState.SUCCEEDED:
+                await self._directory.catalogue.set_index_state(job.index_name, IndexState.READY)
+        if final is JobState.CANCELLED:
+            await self._directory.abandon_build(job.index_name)
         log.info("index_job_finished", job_id=job.id, state=final.value)
 
     async def _fail(self, job: IndexJob, reason: str) -> None:
         self._directory.forget_ensured(job.index_name)  # a resumed job checks its table again
         await self._jobs.finish(job.id, JobState.FAILED, redact_text(reason)[:2000])
-        index = await self._directory.catalogue.get_index(job.index_name)
-        if index is not None and index.state is IndexState.BUILDING:
-            await self._directory.catalogue.set_index_state(job.index_name, IndexState.FAILED)
+        await self._directory.abandon_build(job.index_name)
 
     async def _run(self, job: IndexJob) -> JobState:
         index = await self._directory.catalogue.get_index(job.index_name)

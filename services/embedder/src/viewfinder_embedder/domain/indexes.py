@@ -1,7 +1,9 @@
 """Which index a dataset's vectors go to, with which model and vector store.
 
-A dataset's **active** index is where the pipeline writes and what search
-reads. A dataset without one gets a default index on first use, named
+A dataset's **active** index is what search reads; the pipeline writes new
+files to it and to every index a job is still building (so that a dataset
+switched to a new index misses no file that arrived during the build). A
+dataset without an active index gets a default one on first use, named
 ``ds_<dataset id hex>`` (deterministic, so concurrent replicas agree), with
 the dataset's indexing connections or the service defaults. An index keeps
 the model identity it was built with: if the model behind its connection
@@ -124,7 +126,7 @@ class IndexDirectory:
             raise InvalidArgument(f"no model connection named {model_connection!r} is configured")
         if not self._stores.has_connection(store_connection):
             raise InvalidArgument(f"no vector store connection named {store_connection!r} is configured")
-        model = await self._models.model(model_connection)
+        model = await self.model_for_connection(model_connection)
         index = await self.catalogue.create_index(
             IndexRecord(
                 name=name,
@@ -146,7 +148,12 @@ class IndexDirectory:
         """The model of a configured connection (INVALID_ARGUMENT for an unknown name)."""
         if not self._models.has_connection(connection):
             raise InvalidArgument(f"no model connection named {connection!r} is configured")
-        return await self._models.model(connection)
+        try:
+            return await self._models.model(connection)
+        except KeyError:  # a stored-connection lookup found no such name
+            raise InvalidArgument(
+                f"no model connection named {connection!r} is configured or stored"
+            ) from None
 
     async def model_for(self, index: IndexRecord) -> EmbeddingModel:
         """The index's model, if the connection still serves the version the index was built with."""
@@ -162,6 +169,24 @@ class IndexDirectory:
                 "re-embed with a FULL index job into a new index"
             )
         return model
+
+    async def abandon_build(self, name: str) -> None:
+        """A build whose job failed or was cancelled: its index (if BUILDING, not active) becomes FAILED.
+
+        The pipeline then stops writing new files to it; resuming the job
+        makes it BUILDING again and rescans the version.
+        """
+        index = await self.catalogue.get_index(name)
+        if index is not None and index.state is IndexState.BUILDING and not index.active:
+            await self.catalogue.set_index_state(name, IndexState.FAILED)
+
+    async def building_indexes(self, dataset_id: str) -> list[IndexRecord]:
+        """The dataset's indexes that a job is building (not active): new files go to them too."""
+        return [
+            index
+            for index in await self.catalogue.list_indexes(dataset_id)
+            if index.state is IndexState.BUILDING and not index.active
+        ]
 
     def forget_ensured(self, name: str) -> None:
         """Makes the next ``store_for`` check (and if need be create) the index table again."""

@@ -65,6 +65,8 @@ class IndexJobService:
         index = await self._index_for(dataset_id, request)
         if await self._jobs.active_job_for_index(index.name) is not None:
             raise FailedPrecondition(f"index {index.name!r} already has a pending or running index job")
+        if request.activate_on_success and not index.active:
+            await self._supersede_switches(dataset_id, index.name)
         job = await self._jobs.create(
             IndexJob(
                 id="",
@@ -82,6 +84,16 @@ class IndexJobService:
         )
         self._runner.wake()
         return job
+
+    async def _supersede_switches(self, dataset_id: str, index_name: str) -> None:
+        """The newest switch wins: other jobs that would activate another index of the dataset are cancelled.
+
+        Without this, two builds could finish in either order and the older
+        one could become active last.
+        """
+        for other in await self._jobs.activation_jobs(dataset_id):
+            if other.index_name != index_name:
+                await self.cancel(other.id)
 
     async def _index_for(self, dataset_id: str, request: StartIndexJob) -> IndexRecord:
         model_connection, store_connection = await self._directory.connections_for(dataset_id)
@@ -130,6 +142,9 @@ class IndexJobService:
         job = await self._jobs.request_cancel(_uuid(job_id, "job_id"))
         if job is None:
             raise NotFound(f"index job {job_id} does not exist")
+        if job.state is JobState.CANCELLED:
+            # A pending job never ran, so no worker will stop feeding its index.
+            await self._directory.abandon_build(job.index_name)
         return job
 
     async def resume(self, job_id: str) -> IndexJob:
@@ -139,7 +154,13 @@ class IndexJobService:
             raise FailedPrecondition(
                 f"index job {job_id} is {current.state.value}; only failed or cancelled jobs can be resumed"
             )
-        job = await self._jobs.resume(current.id)
+        index = await self._directory.catalogue.get_index(current.index_name)
+        # The pipeline stopped writing to an abandoned build: it becomes a
+        # build again and the job rescans the version, skipping current files.
+        rescan = index is not None and index.state is IndexState.FAILED
+        if rescan:
+            await self._directory.catalogue.set_index_state(current.index_name, IndexState.BUILDING)
+        job = await self._jobs.resume(current.id, rescan=rescan)
         if job is None:
             raise FailedPrecondition(f"index job {job_id} changed state; try again")
         self._runner.wake()

@@ -6,13 +6,16 @@ For a batch of ``FileDiscovered`` records:
 2. keep the last event per file (events of a file are ordered: a later
    DELETE overrides an earlier UPSERT of the same batch and vice versa);
 3. DELETE: remove the file's vectors from every index of its dataset;
-4. UPSERT: find the dataset's active index (created on first use); skip files
-   whose vectors there were already computed from this ETag with this model
-   version (a redelivered event changes nothing); fetch, decode and embed the
-   others; upsert their rows and record them;
-5. publish one ``FileEmbedded`` per applied file (also for skipped ones: a
-   redelivery may follow a crash between the upsert and the publish, and
-   consumers are idempotent).
+4. UPSERT: find the dataset's active index (created on first use) and the
+   indexes that jobs are building for it (a switch of its indexing
+   connections: files that arrive during the build must reach the new index
+   too); per index, skip files whose vectors there were already computed
+   from this ETag with this model version (a redelivered event changes
+   nothing); fetch, decode and embed the others once per model; upsert their
+   rows into each index and record them;
+5. publish one ``FileEmbedded`` per applied file of the active index (also for
+   skipped ones: a redelivery may follow a crash between the upsert and the
+   publish, and consumers are idempotent).
 
 Per-file problems (object gone, not decodable, model rejects it, unknown
 dataset, index built with another model version) become dead letters with a
@@ -34,10 +37,14 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from viewfinder.v1 import events_pb2
 from viewfinder_common.errors import DomainError
 from viewfinder_common.events import MalformedEvent, decode_event
-from viewfinder_common.vectorstore import IndexNotFound, VectorRow
+from viewfinder_common.logging import get_logger
+from viewfinder_common.vectorstore import IndexNotFound, VectorRow, VectorStore
 from viewfinder_embedder.domain.file_embedder import FileEmbedder, ImageSource
-from viewfinder_embedder.domain.indexes import IndexDirectory
+from viewfinder_embedder.domain.indexes import IndexDirectory, canonical_dataset_id
+from viewfinder_embedder.domain.model import EmbeddingModel
 from viewfinder_embedder.domain.ports import DeadLetter, EmbeddedFile, IndexRecord
+
+log = get_logger(__name__)
 
 UPSERT = events_pb2.CHANGE_TYPE_UPSERT
 DELETE = events_pb2.CHANGE_TYPE_DELETE
@@ -68,6 +75,8 @@ class BatchReport:
     """What one batch did."""
 
     embedded: int = 0
+    # Rows written to indexes that jobs are building (not counted in ``embedded``).
+    embedded_for_builds: int = 0
     skipped: int = 0
     deleted: int = 0
     dead_lettered: int = 0
@@ -79,6 +88,17 @@ class _Discovered:
     record: IncomingRecord
     event: events_pb2.FileDiscovered
     file_id: str
+
+
+@dataclass(frozen=True)
+class _Target:
+    """One index an upsert batch writes to."""
+
+    index: IndexRecord
+    model: EmbeddingModel
+    store: VectorStore
+    # Files of the batch whose vectors in this index are not current.
+    todo: list[_Discovered]
 
 
 def _now() -> datetime:
@@ -233,69 +253,110 @@ class DiscoveredPipeline:
     async def _upsert(
         self, items: list[_Discovered], report: BatchReport, letters: list[DeadLetter]
     ) -> list[events_pb2.FileEmbedded]:
+        dataset_id = items[0].event.dataset_id
         try:
-            index = await self._directory.active_or_default(items[0].event.dataset_id)
-            model = await self._directory.model_for(index)
-            store = await self._directory.store_for(index)
+            active = await self._target(await self._directory.active_or_default(dataset_id), items)
         except DomainError as exc:
             # The dataset or its index cannot take these files (unknown dataset,
             # model version changed ...): every one of them is a dead letter.
             letters += [_letter(item.record, str(exc), type(exc).__name__) for item in items]
             return []
-        current = await self._directory.catalogue.current_vectors(
-            index.name, [item.file_id for item in items]
-        )
+        targets = [active]
+        for index in await self._directory.building_indexes(canonical_dataset_id(dataset_id)):
+            try:
+                targets.append(await self._target(index, items))
+            except DomainError as exc:
+                # A build whose model or store cannot be used must not hold back
+                # the active index; its own job meets the same error and fails.
+                log.warning("building_index_skipped", index=index.name, reason=str(exc))
         now = self._clock()
         published: list[events_pb2.FileEmbedded] = []
-        to_embed: list[_Discovered] = []
+        pending = {item.file_id for item in active.todo}
         for item in items:
-            known = current.get(item.file_id)
-            if (
-                known is not None
-                and known.etag == item.event.etag
-                and known.model_version == index.model.version
-            ):
+            if item.file_id not in pending:
                 report.skipped += 1
                 published.append(
                     file_embedded_event(
-                        item.event, file_id=item.file_id, index=index, change_type=UPSERT, now=now
+                        item.event, file_id=item.file_id, index=active.index, change_type=UPSERT, now=now
                     )
                 )
-            else:
-                to_embed.append(item)
-        if not to_embed:
-            return published
+        for group in _by_model(targets):
+            published += await self._embed_into(group, active, report, letters)
+        return published
+
+    async def _target(self, index: IndexRecord, items: list[_Discovered]) -> _Target:
+        """An index to write with its model, store and the files whose vectors there are not current."""
+        model = await self._directory.model_for(index)
+        store = await self._directory.store_for(index)
+        current = await self._directory.catalogue.current_vectors(
+            index.name, [item.file_id for item in items]
+        )
+        todo = []
+        for item in items:
+            known = current.get(item.file_id)
+            if known is None or known.etag != item.event.etag or known.model_version != index.model.version:
+                todo.append(item)
+        return _Target(index, model, store, todo)
+
+    async def _embed_into(
+        self, group: list[_Target], active: _Target, report: BatchReport, letters: list[DeadLetter]
+    ) -> list[events_pb2.FileEmbedded]:
+        """Embeds once with the group's model and writes each index's rows; events for the active index."""
+        wanted: dict[str, _Discovered] = {}
+        for target in group:
+            wanted.update({item.file_id: item for item in target.todo})
+        if not wanted:
+            return []
         results = await self._embedder.embed(
-            model,
-            [(item, ImageSource(item.event.bucket, item.event.key)) for item in to_embed],
+            group[0].model,
+            [(item, ImageSource(item.event.bucket, item.event.key)) for item in wanted.values()],
             concurrency=self._concurrency,
         )
-        letters += [_letter(item.record, reason, "ImageNotEmbeddable") for item, reason in results.failures]
-        if results.vectors:
+        if any(target is active for target in group):
+            letters += [
+                _letter(item.record, reason, "ImageNotEmbeddable") for item, reason in results.failures
+            ]
+        else:
+            for item, reason in results.failures:
+                log.warning(
+                    "file_not_embeddable_for_build",
+                    index=group[0].index.name,
+                    file_id=item.file_id,
+                    reason=reason,
+                )
+        vectors = {item.file_id: values for item, values in results.vectors}
+        published: list[events_pb2.FileEmbedded] = []
+        for target in group:
+            done = [item for item in target.todo if item.file_id in vectors]
+            if not done:
+                continue
             rows = [
                 VectorRow(
                     file_id=item.file_id,
                     dataset_version_id=item.event.dataset_version_id,
                     etag=item.event.etag,
-                    vectors=vectors,
+                    vectors=vectors[item.file_id],
                 )
-                for item, vectors in results.vectors
+                for item in done
             ]
-            await self._store_call(index, store.upsert(index.name, rows))
+            await self._store_call(target.index, target.store.upsert(target.index.name, rows))
             await self._directory.catalogue.record_embedded(
-                index.name,
+                target.index.name,
                 [EmbeddedFile(row.file_id, row.dataset_version_id, row.etag) for row in rows],
-                index.model.version,
+                target.index.model.version,
                 None,
             )
-            now = self._clock()
-            published += [
-                file_embedded_event(
-                    item.event, file_id=item.file_id, index=index, change_type=UPSERT, now=now
-                )
-                for item, _ in results.vectors
-            ]
-            report.embedded += len(rows)
+            if target is active:
+                now = self._clock()
+                published += [
+                    file_embedded_event(
+                        item.event, file_id=item.file_id, index=target.index, change_type=UPSERT, now=now
+                    )
+                    for item in done
+                ]
+                report.embedded += len(rows)
+            else:
+                report.embedded_for_builds += len(rows)
         return published
 
     async def _store_call(self, index: IndexRecord, call: Awaitable[None]) -> None:
@@ -320,3 +381,11 @@ def _letter(record: IncomingRecord, reason: str, error_type: str) -> DeadLetter:
         reason=reason,
         error_type=error_type,
     )
+
+
+def _by_model(targets: list[_Target]) -> list[list[_Target]]:
+    """Targets grouped by model connection (in order, the active index's group first)."""
+    groups: dict[str, list[_Target]] = {}
+    for target in targets:
+        groups.setdefault(target.index.model_connection, []).append(target)
+    return list(groups.values())

@@ -36,7 +36,13 @@ class ImageDecoder(Protocol):
 
 
 class IndexState(enum.Enum):
-    """Lifecycle of an index (``embedding_indexes.state``)."""
+    """Lifecycle of an index (``embedding_indexes.state``).
+
+    BUILDING: an index job is filling it; the pipeline writes new files to it
+    as well as to the active index, so a build that becomes active misses
+    nothing. FAILED: its job failed or was cancelled; the pipeline no longer
+    writes to it (resuming the job rescans the version). READY: complete.
+    """
 
     BUILDING = "building"
     READY = "ready"
@@ -107,7 +113,7 @@ class IndexCatalogue(Protocol):
         """Registers an index (if a same-named one exists, returns that one unchanged)."""
 
     async def activate_index(self, name: str) -> None:
-        """Makes ``name`` its dataset's only active index."""
+        """Makes ``name`` its dataset's only active index (and READY)."""
 
     async def set_index_state(self, name: str, state: IndexState) -> None:
         """Records an index's lifecycle state."""

@@ -373,7 +373,10 @@ class Catalogue:
         async with self._pool.acquire() as conn, conn.transaction():
             row = await conn.fetchrow(
                 """
-                UPDATE datasets SET description = $2, indexing = $3::jsonb, updated_at = now()
+                UPDATE datasets SET description = $2, updated_at = now(),
+                    -- active_index is the embedder's to write (it may flip meanwhile)
+                    indexing = ($3::jsonb - 'active_index')
+                        || jsonb_strip_nulls(jsonb_build_object('active_index', indexing -> 'active_index'))
                 WHERE id = $1 RETURNING id
                 """,
                 dataset_id,
