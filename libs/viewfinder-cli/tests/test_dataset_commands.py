@@ -121,3 +121,36 @@ async def test_show_prints_the_dataset_and_its_versions(services: FakeServices, 
     document = json.loads(as_json.stdout)
     assert document["dataset"] == message_dict(dataset)
     assert [version["name"] for version in document["versions"]] == ["v2", "v1"]
+
+
+async def test_set_indexing_sends_only_the_named_connections(services: FakeServices, cli: InvokeCli) -> None:
+    dataset, _ = script_dataset(services)
+    switched = dataset_pb2.Dataset(
+        id=DATASET_ID,
+        name="cars",
+        indexing=dataset_pb2.IndexingSettings(
+            vector_store_connection="milvus", active_index="ds_old", switch_job_id="job-7"
+        ),
+    )
+    services.ingest.on("UpdateDataset", dataset_pb2.UpdateDatasetResponse(dataset=switched))
+
+    result = await cli("dataset", "set-indexing", "cars", "--vector-store-connection=milvus")
+
+    assert result.exit_code == 0, result.output
+    (request,) = services.ingest.requests("UpdateDataset")
+    assert request.dataset.id == dataset.id
+    assert list(request.update_mask.paths) == ["indexing.vector_store_connection"]
+    assert request.dataset.indexing.vector_store_connection == "milvus"
+    assert "index job job-7" in result.stdout
+    assert "search uses ds_old until it completes" in result.stdout
+    assert "viewfinder jobs watch job-7 --service index" in result.stdout
+
+
+async def test_set_indexing_without_a_connection_is_refused(services: FakeServices, cli: InvokeCli) -> None:
+    script_dataset(services)
+
+    result = await cli("dataset", "set-indexing", "cars")
+
+    assert result.exit_code != 0
+    assert "--embedding-connection" in result.output
+    assert services.ingest.requests("UpdateDataset") == []

@@ -91,6 +91,7 @@ def dataset_table(dataset: dataset_pb2.Dataset) -> Table:
             ("embedding connection", dataset.indexing.model_connection or "default"),
             ("vector store connection", dataset.indexing.vector_store_connection or "default"),
             ("active index", dataset.indexing.active_index or "-"),
+            ("index switch job", dataset.indexing.switch_job_id or "-"),
             ("latest version", f"v{dataset.latest_version}"),
             ("created", timestamp_text(dataset.create_time)),
             ("updated", timestamp_text(dataset.update_time)),

@@ -1,10 +1,11 @@
-"""`viewfinder dataset create|list|show` (ingest's DatasetService)."""
+"""`viewfinder dataset create|list|show|set-indexing` (ingest's DatasetService)."""
 
 from __future__ import annotations
 
 from typing import Annotated
 
 import typer
+from google.protobuf import field_mask_pb2
 from rich.markup import escape
 
 from viewfinder.v1 import dataset_pb2, labeling_pb2
@@ -139,3 +140,62 @@ def show(ctx: typer.Context, *, dataset: DatasetArgument, as_json: JsonOption = 
         return
     session.out.print(dataset_table(found))
     session.out.print(versions_table(versions))
+
+
+@dataset_app.command("set-indexing")
+def set_indexing(
+    ctx: typer.Context,
+    *,
+    dataset: DatasetArgument,
+    embedding_connection: Annotated[
+        str | None,
+        typer.Option("--embedding-connection", help="New embedding model connection.", show_default=False),
+    ] = None,
+    vector_store_connection: Annotated[
+        str | None,
+        typer.Option("--vector-store-connection", help="New vector store connection.", show_default=False),
+    ] = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Change where and with which model a dataset is indexed.
+
+    A change builds a new index with the new connections in the background
+    (follow it with `viewfinder jobs watch`); search keeps using the current
+    index until the new one is complete, then switches to it.
+    """
+    session = session_of(ctx)
+    paths = [
+        f"indexing.{field}"
+        for field, value in (
+            ("model_connection", embedding_connection),
+            ("vector_store_connection", vector_store_connection),
+        )
+        if value is not None
+    ]
+    if not paths:
+        raise typer.BadParameter("name --embedding-connection, --vector-store-connection or both")
+    found = resolve_dataset(session, dataset)
+    request = dataset_pb2.UpdateDatasetRequest(
+        dataset=dataset_pb2.Dataset(
+            id=found.id,
+            indexing=dataset_pb2.IndexingSettings(
+                model_connection=embedding_connection or "",
+                vector_store_connection=vector_store_connection or "",
+            ),
+        ),
+        update_mask=field_mask_pb2.FieldMask(paths=paths),
+    )
+    ingest = session.connections.datasets()
+    updated = ingest.call(ingest.stub.UpdateDataset, request).dataset
+    if as_json:
+        print_json(updated)
+        return
+    job = updated.indexing.switch_job_id
+    if job:
+        session.out.print(
+            f"building a new index for [bold]{escape(updated.name)}[/bold] (index job {job}); search uses "
+            f"{escape(updated.indexing.active_index or 'the current index')} until it completes. "
+            f"Follow it with: viewfinder jobs watch {job} --service index"
+        )
+    else:
+        session.out.print(f"[bold]{escape(updated.name)}[/bold] already indexes with these connections")
