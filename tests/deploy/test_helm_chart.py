@@ -1003,20 +1003,22 @@ def test_production_scales_each_stage_independently(rendered: dict[str, str]) ->
         assert metric["resource"]["name"] == "cpu"
         assert metric["resource"]["target"]["averageUtilization"] == wanted["targetCPUUtilizationPercentage"]
 
-    partitions = values["kafka"]["topics"]["fileDiscovered"]["partitions"]
-    topic = values["kafka"]["topics"]["fileDiscovered"]["name"]
+    chart_services = yaml.safe_load((CHART / "values.yaml").read_text())["services"]
     for service, obj in scaled.items():
         wanted = values["services"][service]["autoscaling"]["keda"]
+        # One trigger per consumed topic; replicas capped by the smallest partition count among them.
+        consumed = [values["kafka"]["topics"][key] for key in chart_services[service]["consumes"]]
+        partitions = min(topic["partitions"] for topic in consumed)
         spec = obj["spec"]
         assert spec["scaleTargetRef"]["name"] == deployments[service]["metadata"]["name"]
         assert spec["minReplicaCount"] == wanted["minReplicas"]
         assert spec["maxReplicaCount"] == min(wanted["maxReplicas"], partitions)
-        (trigger,) = spec["triggers"]
-        assert trigger["type"] == "kafka"
-        assert trigger["metadata"]["topic"] == topic
-        assert trigger["metadata"]["consumerGroup"] == f"viewfinder-{service}"
-        assert trigger["metadata"]["lagThreshold"] == str(wanted["lagThreshold"])
-        assert trigger["metadata"]["allowIdleConsumers"] == "false"
+        assert [t["metadata"]["topic"] for t in spec["triggers"]] == [topic["name"] for topic in consumed]
+        for trigger in spec["triggers"]:
+            assert trigger["type"] == "kafka"
+            assert trigger["metadata"]["consumerGroup"] == f"viewfinder-{service}"
+            assert trigger["metadata"]["lagThreshold"] == str(wanted["lagThreshold"])
+            assert trigger["metadata"]["allowIdleConsumers"] == "false"
 
     # An autoscaled Deployment leaves replicas to its autoscaler; the others are fixed.
     for service, deployment in deployments.items():

@@ -21,8 +21,9 @@ import structlog
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from PIL import Image
 from pydantic import SecretStr
+from typing_extensions import override
 
-from viewfinder.v1 import labeling_pb2, labeling_pb2_grpc
+from viewfinder.v1 import embedding_pb2, embedding_pb2_grpc, labeling_pb2, labeling_pb2_grpc
 from viewfinder_common.settings import DatabaseSettings, KafkaSettings, S3Settings
 from viewfinder_common.testing.fake_vlm import DEFAULT_PALETTE, FakeVLMServer
 from viewfinder_common.testing.kafka import create_topics, free_port, read_topic
@@ -189,6 +190,72 @@ def seeder(db_pool: asyncpg.Pool, s3_bucket: tuple[Any, str], png: PngFactory) -
     return CatalogueSeeder(db_pool, s3, bucket, png)
 
 
+# -- an EmbedService double for the zero-shot tagger ----------------------------------------
+
+# Axes: red, green, blue, "cat-ness". Tag texts point along them; images by their mean colour.
+TEXT_VECTORS = {
+    "red": [1.0, 0.0, 0.0, 0.0],
+    "green": [0.0, 1.0, 0.0, 0.0],
+    "blue": [0.0, 0.0, 1.0, 0.0],
+    "cat": [0.0, 0.0, 0.0, 1.0],
+    "tone": [0.6, 0.6, 0.6, 0.0],
+}
+
+
+class ConstructedEmbedService(embedding_pb2_grpc.EmbedServiceServicer):
+    """EmbedService double: deterministic vectors, call counts, scripted failures."""
+
+    def __init__(self) -> None:
+        self.text_calls: list[str] = []
+        self.image_calls = 0
+        self.unavailable_next = 0
+
+    @override
+    async def EmbedText(
+        self, request: embedding_pb2.EmbedTextRequest, context: grpc.aio.ServicerContext[object, object]
+    ) -> embedding_pb2.EmbedTextResponse:
+        self.text_calls.append(request.text)
+        key = request.text.split(":", 1)[0]
+        return embedding_pb2.EmbedTextResponse(
+            vectors=[embedding_pb2.NamedVector(field="semantic", values=TEXT_VECTORS[key])]
+        )
+
+    @override
+    async def EmbedImage(
+        self, request: embedding_pb2.EmbedImageRequest, context: grpc.aio.ServicerContext[object, object]
+    ) -> embedding_pb2.EmbedImageResponse:
+        self.image_calls += 1
+        if self.unavailable_next > 0:
+            self.unavailable_next -= 1
+            await context.abort(grpc.StatusCode.UNAVAILABLE, "model loading")
+        if request.dataset_id == "no-index":
+            await context.abort(grpc.StatusCode.NOT_FOUND, "dataset no-index has no index")
+        try:
+            with Image.open(io.BytesIO(request.image_bytes)) as image:
+                r, g, b = image.convert("RGB").resize((1, 1)).getpixel((0, 0))  # type: ignore[misc]
+        except OSError:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "cannot decode the image")
+        semantic = [r / 255, g / 255, b / 255, 0.0]
+        fields = [embedding_pb2.NamedVector(field="visual", values=[1.0, 2.0])]
+        if request.dataset_id != "visual-only":
+            fields.append(embedding_pb2.NamedVector(field="semantic", values=semantic))
+        return embedding_pb2.EmbedImageResponse(vectors=fields)
+
+
+@pytest.fixture
+async def embed_service() -> AsyncIterator[tuple[ConstructedEmbedService, str]]:
+    """(servicer, address): the double served over real gRPC on a free loopback port."""
+    servicer = ConstructedEmbedService()
+    server = grpc.aio.server()
+    embedding_pb2_grpc.add_EmbedServiceServicer_to_server(servicer, server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    try:
+        yield servicer, f"127.0.0.1:{port}"
+    finally:
+        await server.stop(0)
+
+
 # -- the whole service, as main.py wires it --------------------------------------------------
 
 
@@ -239,15 +306,18 @@ def start_tagger(catalogue_db_url: str, unique_name: str, isolated_logging: None
     @asynccontextmanager
     async def start(**overrides: Any) -> AsyncIterator[RunningTagger]:
         discovered = f"{unique_name}.file-discovered"
+        embedded = f"{unique_name}.file-embedded"
         tagged = f"{unique_name}.file-tagged"
         dlq = f"{discovered}.dlq.tagger"
         if not created:  # a test may start the service twice (restart)
-            await create_topics({discovered: 3, tagged: 1, dlq: 1})
+            await create_topics({discovered: 3, embedded: 3, tagged: 1, dlq: 1, f"{embedded}.dlq.tagger": 1})
             created.append(discovered)
         values: dict[str, Any] = {
             "grpc_port": free_port(),
             "db": DatabaseSettings(url=catalogue_db_url),
-            "kafka": KafkaSettings(topic_file_discovered=discovered, topic_file_tagged=tagged),
+            "kafka": KafkaSettings(
+                topic_file_discovered=discovered, topic_file_embedded=embedded, topic_file_tagged=tagged
+            ),
             "consumer_group": f"{unique_name}-tagger",
             "auto_labeling": False,
             "job_poll_interval_s": 0.2,

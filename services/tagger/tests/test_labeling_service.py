@@ -180,8 +180,9 @@ async def test_start_label_job_validates_its_request(start_tagger: Any, seeder: 
             (request(max_concurrency=300), grpc.StatusCode.INVALID_ARGUMENT, "between 1 and 256"),
             (
                 request(model_connection="gpt-9"),
-                grpc.StatusCode.INVALID_ARGUMENT,
-                "unknown model connection 'gpt-9'",
+                grpc.StatusCode.NOT_FOUND,
+                "unknown model connection 'gpt-9': neither configured in the tagger (offline) "
+                "nor stored through ConnectionService",
             ),
             (request(tag_definition_version=7), grpc.StatusCode.NOT_FOUND, "has no version 7"),
             (

@@ -7,7 +7,15 @@ from datetime import UTC, datetime
 import pytest
 
 from viewfinder_tagger.domain.definitions import DefinitionContent, TagDefinition, TagSpec
-from viewfinder_tagger.domain.zero_shot import calibrate_threshold, cosine, score_tags, tag_texts
+from viewfinder_tagger.domain.zero_shot import (
+    best_per_tag,
+    calibrate_margin,
+    calibrate_threshold,
+    cosine,
+    propose_tags,
+    score_tags,
+    tag_texts,
+)
 
 DEFINITION = TagDefinition(
     id="d",
@@ -63,3 +71,37 @@ def test_calibration_picks_the_threshold_with_the_best_f1() -> None:
     assert calibration.f1 == pytest.approx(6 / 7)
     with pytest.raises(ValueError, match="at least one positive"):
         calibrate_threshold([(0.5, False)])
+
+
+def test_a_margin_keeps_only_tags_close_to_the_images_best() -> None:
+    best = {"cat": (0.40, ""), "dog": (0.395, ""), "car": (0.30, ""), "tree": (0.05, "")}
+    assert [p.name for p in propose_tags(best, threshold=0.1, margin=0.01)] == ["cat", "dog"]
+    assert [p.name for p in propose_tags(best, threshold=0.1, margin=None)] == ["cat", "dog", "car"]
+    # The threshold still applies to the best tag itself.
+    assert propose_tags(best, threshold=0.5, margin=0.01) == []
+    assert propose_tags({}, threshold=0.0, margin=0.01) == []
+
+
+def test_best_per_tag_keeps_each_tags_best_text_and_value() -> None:
+    texts = tag_texts(DEFINITION)  # cat, colour=red, colour=blue
+    assert best_per_tag(texts, [0.2, 0.1, 0.3]) == {"cat": (0.2, ""), "colour": (0.3, "blue")}
+    with pytest.raises(ValueError, match="one score per tag text"):
+        best_per_tag(texts, [0.2])
+
+
+def test_margin_calibration_picks_the_f1_best_pair() -> None:
+    # The true tag is always within 0.02 of the best; a wider margin only adds wrong tags.
+    images = [
+        {"cat": 0.40, "dog": 0.39, "car": 0.30},  # truth dog: needs margin >= 0.01
+        {"cat": 0.35, "dog": 0.20, "car": 0.34},  # truth cat
+        {"cat": 0.10, "dog": 0.12, "car": 0.33},  # truth car
+    ]
+    truths = [{"dog"}, {"cat"}, {"car"}]
+    calibration = calibrate_margin(images, truths, margins=(0.0, 0.01, 0.05))
+    # margin 0.01: candidates dog(0.39)+cat(0.40), cat(0.35)+car(0.34), car(0.33): 3 of 5 right.
+    # margin 0.0: cat, cat, car: 2 of 3 right (F1 0.667 < 0.75).
+    assert (calibration.margin, calibration.threshold) == (0.01, 0.33)
+    assert calibration.precision == pytest.approx(3 / 5)
+    assert calibration.recall == pytest.approx(1.0)
+    with pytest.raises(ValueError, match="at least one true"):
+        calibrate_margin([{"cat": 0.1}], [set()])

@@ -1,90 +1,25 @@
 """The offline zero-shot tagger against an in-process EmbedService that returns constructed vectors.
 
-The double is of our own EmbedService (served by the embedder), so the scoring
-logic is tested over real gRPC; the real embedder's quality is measured
-separately (its precision/recall on labelled data), not here.
+The double (conftest's ``ConstructedEmbedService``) is of our own EmbedService
+(served by the embedder), so the scoring logic is tested over real gRPC; the
+real embedder's quality is measured separately (bench/tagger/calibrate.py:
+precision/recall on labelled data), not here.
 """
 
 from __future__ import annotations
 
 import io
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime
+from typing import Any
 
-import grpc
 import pytest
 from PIL import Image
-from typing_extensions import override
 
-from viewfinder.v1 import embedding_pb2, embedding_pb2_grpc
 from viewfinder_tagger.adapters.zero_shot_tagger import ZeroShotTagger
 from viewfinder_tagger.config import ZeroShotConnection
 from viewfinder_tagger.domain.answers import validate_answer
 from viewfinder_tagger.domain.definitions import DefinitionContent, TagDefinition, TagSpec
 from viewfinder_tagger.domain.models import ImagePayload, LabelingFailed, LabelTarget, ModelUnavailable
-
-# Axes: red, green, blue, "cat-ness". Tag texts point along them; images by their mean colour.
-TEXT_VECTORS = {
-    "red": [1.0, 0.0, 0.0, 0.0],
-    "green": [0.0, 1.0, 0.0, 0.0],
-    "blue": [0.0, 0.0, 1.0, 0.0],
-    "cat": [0.0, 0.0, 0.0, 1.0],
-    "tone": [0.6, 0.6, 0.6, 0.0],
-}
-
-
-class ConstructedEmbedService(embedding_pb2_grpc.EmbedServiceServicer):
-    """EmbedService double: deterministic vectors, call counts, scripted failures."""
-
-    def __init__(self) -> None:
-        self.text_calls: list[str] = []
-        self.image_calls = 0
-        self.unavailable_next = 0
-
-    @override
-    async def EmbedText(
-        self, request: embedding_pb2.EmbedTextRequest, context: grpc.aio.ServicerContext[object, object]
-    ) -> embedding_pb2.EmbedTextResponse:
-        self.text_calls.append(request.text)
-        key = request.text.split(":", 1)[0]
-        return embedding_pb2.EmbedTextResponse(
-            vectors=[embedding_pb2.NamedVector(field="semantic", values=TEXT_VECTORS[key])]
-        )
-
-    @override
-    async def EmbedImage(
-        self, request: embedding_pb2.EmbedImageRequest, context: grpc.aio.ServicerContext[object, object]
-    ) -> embedding_pb2.EmbedImageResponse:
-        self.image_calls += 1
-        if self.unavailable_next > 0:
-            self.unavailable_next -= 1
-            await context.abort(grpc.StatusCode.UNAVAILABLE, "model loading")
-        if request.dataset_id == "no-index":
-            await context.abort(grpc.StatusCode.NOT_FOUND, "dataset no-index has no index")
-        try:
-            with Image.open(io.BytesIO(request.image_bytes)) as image:
-                r, g, b = image.convert("RGB").resize((1, 1)).getpixel((0, 0))  # type: ignore[misc]
-        except OSError:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "cannot decode the image")
-        semantic = [r / 255, g / 255, b / 255, 0.0]
-        fields = [embedding_pb2.NamedVector(field="visual", values=[1.0, 2.0])]
-        if request.dataset_id != "visual-only":
-            fields.append(embedding_pb2.NamedVector(field="semantic", values=semantic))
-        return embedding_pb2.EmbedImageResponse(vectors=fields)
-
-
-@pytest.fixture
-async def embed_service() -> AsyncIterator[tuple[ConstructedEmbedService, str]]:
-    servicer = ConstructedEmbedService()
-    server = grpc.aio.server()
-    embedding_pb2_grpc.add_EmbedServiceServicer_to_server(servicer, server)
-    port = server.add_insecure_port("127.0.0.1:0")
-    await server.start()
-    try:
-        yield servicer, f"127.0.0.1:{port}"
-    finally:
-        await server.stop(0)
-
 
 DEFINITION = TagDefinition(
     id="d",
@@ -112,7 +47,7 @@ def _image(rgb: tuple[int, int, int]) -> ImagePayload:
 
 
 async def test_keeps_tags_above_the_threshold_and_caches_tag_texts(
-    embed_service: tuple[ConstructedEmbedService, str],
+    embed_service: tuple[Any, str],
 ) -> None:
     servicer, address = embed_service
     tagger = ZeroShotTagger("offline", ZeroShotConnection(embedder_address=address, threshold=0.9))
@@ -142,7 +77,7 @@ async def test_keeps_tags_above_the_threshold_and_caches_tag_texts(
         await tagger.close()
 
 
-async def test_errors_are_classified(embed_service: tuple[ConstructedEmbedService, str]) -> None:
+async def test_errors_are_classified(embed_service: tuple[Any, str]) -> None:
     servicer, address = embed_service
     tagger = ZeroShotTagger("offline", ZeroShotConnection(embedder_address=address))
     try:

@@ -167,13 +167,14 @@ class LabelJobRunner:
             definition = await self._catalogue.get_definition(
                 definition_id=job.params.definition_id, version=job.params.definition_version
             )
-            model = self._models.get(job.params.model_connection)
+            # Fresh: a stored connection fixed since the last run (UpdateConnection) is used now.
+            model = await self._models.get(job.params.model_connection, fresh=True)
         except DomainError as exc:
             await self._catalogue.finish_job(
                 job.id, worker_id=self.worker_id, state=JobState.FAILED, counts=job.counts, error=str(exc)
             )
             return
-        prices = self._models.prices(self._models.resolve(job.params.model_connection))
+        prices = self._models.prices(job.params.model_connection)
         scope = await self._catalogue.job_scope(job)
         base = job.counts.starting_run(total=scope.total, finished=scope.finished, skipped=scope.skipped)
         tally = RunTally()

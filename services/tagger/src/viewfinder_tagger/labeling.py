@@ -4,7 +4,9 @@ Label jobs and automatic labeling both come through here, so a file is
 labeled the same way whoever asked. The image is fetched and downscaled
 *before* a model slot is taken, so the slots (a job's max concurrency) are
 spent on model calls only; storing the tags and publishing FileTagged happen
-after the slot is released, in one transaction.
+after the slot is released, in one transaction. A model that labels from the
+image vector the embedder stored (the zero-shot tagger) is asked that first:
+no image is fetched unless it has no current vector for the file.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from viewfinder_tagger.domain.models import (
     LabelingModel,
     LabelTarget,
     ModelAnswer,
+    StoredVectorModel,
 )
 
 log = get_logger(__name__)
@@ -94,12 +97,25 @@ class Labeler:
 
         Raises LabelingFailed (this file cannot be labeled) or ModelUnavailable.
         """
-        image = await self.image_for(file, model)
-        target = LabelTarget(dataset_id=file.dataset_id, file_id=file.id, uri=file.uri)
-        async with model_slots if model_slots is not None else _no_slot():
-            if stop is not None and stop.is_set():
-                return None
-            answer = await model.label(definition, image, target)
+        target = LabelTarget(
+            dataset_id=file.dataset_id,
+            file_id=file.id,
+            uri=file.uri,
+            dataset_version_id=file.version_id,
+            etag=file.etag,
+        )
+        answer: ModelAnswer | None = None
+        if isinstance(model, StoredVectorModel) and model.labels_from_stored_vectors:
+            async with model_slots if model_slots is not None else _no_slot():
+                if stop is not None and stop.is_set():
+                    return None
+                answer = await model.label_stored(definition, target)
+        if answer is None:
+            image = await self.image_for(file, model)
+            async with model_slots if model_slots is not None else _no_slot():
+                if stop is not None and stop.is_set():
+                    return None
+                answer = await model.label(definition, image, target)
         validation = validate_answer(definition, answer.proposed)
         if validation.unknown_tags or validation.disallowed_values:
             log.info(

@@ -1,14 +1,16 @@
 """Process entry of the tagger service: build its parts, run the shared lifespan.
 
-Parts: the LabelingService (gRPC), the file-discovered subscriber (automatic
-labeling, consumer group ``viewfinder-tagger``) and the label job runner (a
-background task). They share one S3 client, one set of model connections
-(so one adaptive limiter per connection) and the service's broker.
+Parts: the LabelingService (gRPC), the file-discovered and file-embedded
+subscribers (automatic labeling, consumer group ``viewfinder-tagger``) and the
+label job runner (a background task). They share one S3 client, one set of
+model connections (so one adaptive limiter per connection), the vector store
+the zero-shot tagger reads stored image vectors from, and the service's broker.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 
 import grpc
 
@@ -16,16 +18,18 @@ from viewfinder.v1 import labeling_pb2_grpc
 from viewfinder_common.app import Resources, ServiceParts, run_service
 from viewfinder_common.runtime import run_until_signalled
 from viewfinder_common.s3 import s3_client
+from viewfinder_common.vectorstore.factory import create_vector_store
 from viewfinder_tagger.adapters.catalogue import Catalogue
 from viewfinder_tagger.adapters.events import TaggerEvents
 from viewfinder_tagger.adapters.objects import ObjectReader
+from viewfinder_tagger.adapters.stored_vectors import StoredVectorScorer
 from viewfinder_tagger.auto_labeling import AutoLabeler
 from viewfinder_tagger.config import TaggerSettings
-from viewfinder_tagger.handlers.file_discovered import build_file_discovered_router
+from viewfinder_tagger.handlers.file_events import build_file_discovered_router, build_file_embedded_router
 from viewfinder_tagger.handlers.labeling_service import SERVICE_NAME, LabelingServicer
 from viewfinder_tagger.job_runner import LabelJobRunner, RunnerSettings
 from viewfinder_tagger.labeling import Labeler
-from viewfinder_tagger.model_registry import ModelRegistry
+from viewfinder_tagger.model_registry import ModelRegistry, build_model, stored_connection_loader
 
 
 async def build(resources: Resources) -> ServiceParts:
@@ -33,7 +37,17 @@ async def build(resources: Resources) -> ServiceParts:
     settings = resources.settings
     assert isinstance(settings, TaggerSettings)
     s3 = await resources.exit_stack.enter_async_context(s3_client(settings.s3))
-    models = ModelRegistry(settings.connections, default=settings.default_connection)
+    vector_store = await create_vector_store(settings.vectorstore, pool=resources.pool)
+    resources.exit_stack.push_async_callback(vector_store.close)
+    stored_vectors = StoredVectorScorer(resources.pool, vector_store, store_kind=settings.vectorstore.kind)
+    models = ModelRegistry(
+        settings.connections,
+        default=settings.default_connection,
+        factory=functools.partial(build_model, stored_vectors=stored_vectors),
+        stored=stored_connection_loader(resources.pool, settings.connection_store),
+        offline_template=settings.offline_template_connection(),
+        refresh_s=settings.stored_connection_refresh_s,
+    )
     resources.exit_stack.push_async_callback(models.close)
     catalogue = Catalogue(resources.pool)
     events = TaggerEvents(
@@ -41,6 +55,7 @@ async def build(resources: Resources) -> ServiceParts:
         service=settings.service_name,
         file_tagged_topic=settings.kafka.topic_file_tagged,
         file_discovered_topic=settings.kafka.topic_file_discovered,
+        file_embedded_topic=settings.kafka.topic_file_embedded,
     )
     labeler = Labeler(catalogue, ObjectReader(s3, presign_expires_s=settings.presign_expires_s), events)
     runner = LabelJobRunner(
@@ -68,6 +83,7 @@ async def build(resources: Resources) -> ServiceParts:
             catalogue, labeler, models, events, max_concurrency=settings.auto_max_concurrency
         )
         routers.append(build_file_discovered_router(settings, auto_labeler))
+        routers.append(build_file_embedded_router(settings, auto_labeler))
     return ServiceParts(
         grpc_service_names=[SERVICE_NAME],
         grpc_registrations=[register],

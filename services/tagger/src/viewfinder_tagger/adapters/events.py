@@ -1,11 +1,13 @@
 """What the tagger publishes: FileTagged events and dead-letter records.
 
 FileTagged goes to ``viewfinder.file-tagged`` keyed by file id. A file whose
-labeling failed for good goes to ``viewfinder.file-discovered.dlq.tagger``:
-for an event that is the original bytes; for a label job's file (which came
-from no event) it is a FileDiscovered describing the file, so that replaying
-the dead-letter topic into file-discovered retries exactly those files. The
-reason is in the ``x-dlq-reason`` header either way.
+labeling failed for good goes to the dead-letter topic of the topic its event
+came from (``viewfinder.file-discovered.dlq.tagger`` or
+``viewfinder.file-embedded.dlq.tagger``) with the original bytes; a label
+job's file (which came from no event) goes to the file-discovered one as a
+FileDiscovered describing the file, so that replaying the dead-letter topic
+into its source topic retries exactly those files. The reason is in the
+``x-dlq-reason`` header either way.
 """
 
 from __future__ import annotations
@@ -108,12 +110,19 @@ class TaggerEvents:
     """Publishes the tagger's events through the service's broker."""
 
     def __init__(
-        self, broker: KafkaBroker, *, service: str, file_tagged_topic: str, file_discovered_topic: str
+        self,
+        broker: KafkaBroker,
+        *,
+        service: str,
+        file_tagged_topic: str,
+        file_discovered_topic: str,
+        file_embedded_topic: str = "viewfinder.file-embedded",
     ) -> None:
         self._broker = broker
         self._service = service
         self._file_tagged_topic = file_tagged_topic
         self._file_discovered_topic = file_discovered_topic
+        self._file_embedded_topic = file_embedded_topic
 
     async def file_tagged(self, event: events_pb2.FileTagged) -> None:
         """Publishes FileTagged keyed by the file id."""
@@ -133,12 +142,13 @@ class TaggerEvents:
         key: bytes | None,
         partition: int | None,
         offset: int | None,
+        from_file_embedded: bool = False,
     ) -> None:
-        """Dead-letters a consumed file-discovered record with its original bytes."""
+        """Dead-letters a consumed file-discovered (or file-embedded) record with its original bytes."""
         await send_to_dead_letter(
             self._broker,
             service=self._service,
-            source_topic=self._file_discovered_topic,
+            source_topic=self._file_embedded_topic if from_file_embedded else self._file_discovered_topic,
             value=value,
             reason=reason,
             error_type=error_type,

@@ -1,10 +1,16 @@
-"""The offline zero-shot tagger: tag texts vs. the image, embedded by the embedder's EmbedService.
+"""The offline zero-shot tagger: tag texts vs. the image, in the embedder's vector space.
 
 No labeling model is loaded here: the embedder already serves the offline
-embedding model (DESIGN §5) over gRPC, so this adapter asks it for the
-image's vector and for one vector per tag text (``"name: description"``),
-and scores them (``domain.zero_shot``). Tag-text vectors are cached per
-(dataset, index, text): they are the same for every image of a definition.
+embedding model (DESIGN §5) over gRPC, so this adapter asks it for one
+vector per tag text (``"name: description"``) and scores them against the
+image (``domain.zero_shot``). Tag-text vectors are cached per (dataset,
+index, text): they are the same for every image of a definition.
+
+The image's side: ``label_stored`` scores against the vector the embedder
+already stored for the file's current content (``adapters.stored_vectors``),
+so nothing is fetched, decoded or embedded twice; ``label`` (the fallback,
+and the path with ``use_stored_vectors`` off) sends the image's bytes to
+EmbedImage.
 
 Errors: UNAVAILABLE, DEADLINE_EXCEEDED and RESOURCE_EXHAUSTED are retried
 with backoff; INVALID_ARGUMENT (the embedder cannot decode the image) fails
@@ -25,6 +31,7 @@ import grpc
 from viewfinder.v1 import embedding_pb2, embedding_pb2_grpc
 from viewfinder_common.http_retry import RetriesExhausted, RetryDecision, RetryPolicy, call_with_retries
 from viewfinder_common.logging import get_logger
+from viewfinder_tagger.adapters.stored_vectors import StoredVectorScorer
 from viewfinder_tagger.config import ZeroShotConnection
 from viewfinder_tagger.domain.definitions import TagDefinition
 from viewfinder_tagger.domain.models import (
@@ -35,7 +42,7 @@ from viewfinder_tagger.domain.models import (
     ModelAnswer,
     ModelUnavailable,
 )
-from viewfinder_tagger.domain.zero_shot import TagText, score_tags, tag_texts
+from viewfinder_tagger.domain.zero_shot import TagText, best_per_tag, propose_tags, score_tags, tag_texts
 
 log = get_logger(__name__)
 T = TypeVar("T")
@@ -59,9 +66,12 @@ def _classify(error: BaseException, policy: RetryPolicy) -> RetryDecision:
 class ZeroShotTagger:
     """A LabelingModel that scores tag texts against the image with EmbedService vectors."""
 
-    def __init__(self, connection_name: str, config: ZeroShotConnection) -> None:
+    def __init__(
+        self, connection_name: str, config: ZeroShotConnection, *, stored: StoredVectorScorer | None = None
+    ) -> None:
         self._name = connection_name
         self._config = config
+        self._stored = stored if config.use_stored_vectors else None
         self._channel: grpc.aio.Channel | None = None
         self._stub: embedding_pb2_grpc.EmbedServiceAsyncStub | None = None
         self._text_vectors: OrderedDict[tuple[str, str, str], list[float]] = OrderedDict()
@@ -87,6 +97,11 @@ class ZeroShotTagger:
         """Largest encoded image sent in one gRPC message."""
         return self._config.max_image_bytes
 
+    @property
+    def labels_from_stored_vectors(self) -> bool:
+        """Whether stored image vectors are used (a scorer is wired and the connection allows it)."""
+        return self._stored is not None
+
     def _embedder(self) -> embedding_pb2_grpc.EmbedServiceAsyncStub:
         if self._stub is None:
             self._channel = grpc.aio.insecure_channel(
@@ -103,8 +118,30 @@ class ZeroShotTagger:
             await self._channel.close()
             self._channel = self._stub = None
 
+    async def label_stored(self, definition: TagDefinition, target: LabelTarget) -> ModelAnswer | None:
+        """Tags scored against the file's stored image vector; None when it has no current one."""
+        if self._stored is None or not target.etag:
+            return None
+        texts = tag_texts(definition)
+        text_vectors = await self._embed_texts(target.dataset_id, texts)
+        scores = await self._stored.scores(
+            target,
+            index_name=self._config.index_name,
+            field=self._config.vector_field,
+            text_vectors=text_vectors,
+        )
+        if scores is None:
+            return None
+        proposed = propose_tags(
+            best_per_tag(texts, scores),
+            threshold=self._config.threshold,
+            margin=self._config.margin,
+            tag_thresholds=self._config.tag_thresholds,
+        )
+        return ModelAnswer(tuple(proposed))
+
     async def label(self, definition: TagDefinition, image: ImagePayload, target: LabelTarget) -> ModelAnswer:
-        """Tags whose text scores at least the calibrated threshold against the image."""
+        """Tags whose texts score high enough against the image's vector from EmbedImage."""
         if image.data is None:
             raise LabelingFailed("the zero-shot tagger needs the image's bytes")
         image_bytes = image.data
@@ -137,6 +174,7 @@ class ZeroShotTagger:
                 texts,
                 text_vectors,
                 threshold=self._config.threshold,
+                margin=self._config.margin,
                 tag_thresholds=self._config.tag_thresholds,
             )
         except ValueError as exc:

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 from viewfinder_tagger.domain.answers import ProposedTag
 from viewfinder_tagger.domain.definitions import TagDefinition
@@ -46,6 +46,9 @@ class LabelTarget:
     dataset_id: str
     file_id: str
     uri: str
+    # The version and content ETag of the file, for models that reuse stored vectors.
+    dataset_version_id: str = ""
+    etag: str = ""
 
 
 @dataclass(frozen=True)
@@ -117,3 +120,22 @@ class LabelingModel(Protocol):
     async def close(self) -> None:
         """Releases connections; the model is not used afterwards."""
         ...
+
+
+@runtime_checkable
+class StoredVectorModel(Protocol):
+    """A model that can label from the image vector the embedder stored, without the image."""
+
+    @property
+    def labels_from_stored_vectors(self) -> bool:
+        """Whether ``label_stored`` is in use (then automatic labeling follows file-embedded)."""
+        ...
+
+    async def label_stored(self, definition: TagDefinition, target: LabelTarget) -> ModelAnswer | None:
+        """Proposes tags from the stored vector; None when no current one exists (then ``label``)."""
+        ...
+
+
+def labels_from_stored_vectors(model: LabelingModel) -> bool:
+    """Whether ``model`` labels from stored image vectors (so it waits for the embedder)."""
+    return isinstance(model, StoredVectorModel) and model.labels_from_stored_vectors

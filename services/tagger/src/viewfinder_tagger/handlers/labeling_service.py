@@ -310,7 +310,7 @@ class LabelingServicer(labeling_pb2_grpc.LabelingServiceServicer):
             definition_id=request.tag_definition_id, version=request.tag_definition_version
         )
         dataset_settings = (await self._catalogue.labeling_settings([dataset_id])).get(dataset_id)
-        connection = self._models.resolve(
+        connection = await self._models.resolve(
             request.model_connection, dataset_settings.model_connection if dataset_settings else ""
         )
         params = JobParams(
