@@ -13,15 +13,25 @@ import time
 import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any
+from urllib.parse import urlsplit
 
 import pytest
 from aiokafka import AIOKafkaProducer
+from cryptography.fernet import Fernet
+from pydantic import SecretStr
+from pymilvus import AsyncMilvusClient
 
 from viewfinder.v1 import common_pb2, events_pb2, labeling_pb2
+from viewfinder_common.connections.models import ConnectionKind, ConnectionSpec, validate_spec
+from viewfinder_common.connections.settings import ConnectionSettings
+from viewfinder_common.connections.store import ConnectionStore
 from viewfinder_common.events import encode_event
-from viewfinder_common.settings import KafkaSettings
-from viewfinder_common.vectorstore import IndexSchema, VectorField, VectorRow
+from viewfinder_common.settings import KafkaSettings, MilvusSettings
+from viewfinder_common.vectorstore import INDEX_PREFIX, IndexSchema, VectorField, VectorRow, VectorStore
+from viewfinder_common.vectorstore.factory import VectorStoreSettings, stored_vector_store_opener
+from viewfinder_common.vectorstore.milvus import MilvusVectorStore
 from viewfinder_common.vectorstore.pgvector import PgVectorStore
+from viewfinder_common.vectorstore.registry import VectorStoreRegistry
 from viewfinder_tagger.adapters.stored_vectors import StoredVectorScorer
 from viewfinder_tagger.config import ZeroShotConnection
 from viewfinder_tagger.domain.definitions import DefinitionContent, TagSpec
@@ -47,23 +57,35 @@ AXES = {
 }
 
 
-async def store_vectors(pool: Any, seeded: Any, vectors: dict[str, tuple[str, list[float]]]) -> str:
+async def store_vectors(
+    pool: Any,
+    seeded: Any,
+    vectors: dict[str, tuple[str, list[float]]],
+    *,
+    store: VectorStore | None = None,
+    connection: str = "pgvector",
+    active: bool = True,
+) -> str:
     """What the embedder leaves behind: an active index, its rows, and the ETags they were computed from.
 
-    ``vectors``: file id -> (etag recorded, semantic vector).
+    ``vectors``: file id -> (etag recorded, semantic vector); the rows go to ``store`` (default
+    pgvector on the catalogue) and the index records ``connection`` as its vector store. At most
+    one index of a dataset is ``active``; a scorer names another by index name.
     """
     index = f"ix_{uuid.uuid4().hex[:12]}"
-    store = PgVectorStore(pool)
+    store = store or PgVectorStore(pool)
     await store.ensure_index(IndexSchema(index, [VectorField("visual", 2), VectorField("semantic", 4)]))
     await pool.execute(
         """
         INSERT INTO embedding_indexes (name, dataset_id, model_connection, model_id, model_version,
                                        vector_store_connection, vector_fields, active)
-        VALUES ($1, $2, 'offline', 'test-model', '1', 'pgvector', $3::jsonb, true)
+        VALUES ($1, $2, 'offline', 'test-model', '1', $3, $4::jsonb, $5)
         """,
         index,
         uuid.UUID(seeded.dataset_id),
+        connection,
         json.dumps([{"name": "visual", "dimension": 2}, {"name": "semantic", "dimension": 4}]),
+        active,
     )
     await store.upsert(
         index,
@@ -81,6 +103,24 @@ async def store_vectors(pool: Any, seeded: Any, vectors: dict[str, tuple[str, li
         ],
     )
     return index
+
+
+@pytest.fixture
+def connection_settings() -> ConnectionSettings:
+    """A fresh key for the connections a test stores."""
+    return ConnectionSettings(secret_key=SecretStr(Fernet.generate_key().decode()))
+
+
+async def store_connection(pool: Any, name: str, kind: ConnectionKind, config: dict[str, Any]) -> None:
+    """A connection as ConnectionService stores it (no secret: the local servers need none)."""
+    spec = validate_spec(ConnectionSpec(name, kind, config), None)
+    await ConnectionStore(pool).create(spec, secret_ciphertext=None, secret_reference=None)
+
+
+def catalogue_as_pgvector_connection(catalogue_db_url: str) -> dict[str, Any]:
+    """The test's catalogue database, described as a stored pgvector connection."""
+    url = urlsplit(catalogue_db_url)
+    return {"host": url.hostname, "port": url.port, "database": url.path.lstrip("/"), "user": url.username}
 
 
 async def ai_tags(pool: Any) -> dict[str, set[str]]:
@@ -212,24 +252,114 @@ async def _eventually(check: Callable[[], Awaitable[bool]], timeout_s: float = 6
 
 
 async def test_the_scorer_answers_only_for_a_current_vector_in_a_store_it_reaches(
-    seeder: Any, db_pool: Any
+    seeder: Any, db_pool: Any, catalogue_db_url: str, connection_settings: ConnectionSettings
 ) -> None:
-    seeded = await seeder.version(["red"])
-    (file_id,) = seeded.files
-    etag = (await etags(db_pool))[file_id]
-    await store_vectors(db_pool, seeded, {file_id: (etag, [0.6, 0.8, 0.0, 0.0])})
-    target = LabelTarget(seeded.dataset_id, file_id, "s3://b/k", seeded.version_id, etag)
+    seeded = await seeder.version(["red", "green"])
+    red, green = seeded.files
+    current = await etags(db_pool)
+    await store_vectors(db_pool, seeded, {red: (current[red], [0.6, 0.8, 0.0, 0.0])})
+    target = LabelTarget(seeded.dataset_id, red, "s3://b/k", seeded.version_id, current[red])
     texts = [AXES["red"], AXES["green"], AXES["cat"]]
-    scorer = StoredVectorScorer(db_pool, PgVectorStore(db_pool), store_kind="pgvector")
+    settings = VectorStoreSettings()
+    opener = stored_vector_store_opener(db_pool, connection_settings, settings)
+    stores = VectorStoreRegistry(settings, db_pool, stored=opener)
+    scorer = StoredVectorScorer(db_pool, stores)
+    try:
+        scores = await scorer.scores(target, index_name="", field="semantic", text_vectors=texts)
+        assert scores == pytest.approx([0.6, 0.8, 0.0], abs=1e-6)
+        # No vector of the file's current content, no field of that name, no index of that name:
+        # None, and the tagger embeds the image instead.
+        stale = LabelTarget(seeded.dataset_id, red, "s3://b/k", seeded.version_id, "other-etag")
+        assert await scorer.scores(stale, index_name="", field="semantic", text_vectors=texts) is None
+        assert await scorer.scores(target, index_name="", field="colour", text_vectors=texts) is None
+        assert (
+            await scorer.scores(target, index_name="ix_absent", field="semantic", text_vectors=texts) is None
+        )
 
-    scores = await scorer.scores(target, index_name="", field="semantic", text_vectors=texts)
-    assert scores == pytest.approx([0.6, 0.8, 0.0], abs=1e-6)
-    # No vector of the file's current content, no field of that name, no index of that name:
-    # None, and the tagger embeds the image instead.
-    stale = LabelTarget(seeded.dataset_id, file_id, "s3://b/k", seeded.version_id, "other-etag")
-    assert await scorer.scores(stale, index_name="", field="semantic", text_vectors=texts) is None
-    assert await scorer.scores(target, index_name="", field="colour", text_vectors=texts) is None
-    assert await scorer.scores(target, index_name="ix_absent", field="semantic", text_vectors=texts) is None
-    # An index in a store this process does not reach (the tagger is configured for another kind).
-    elsewhere = StoredVectorScorer(db_pool, PgVectorStore(db_pool), store_kind="milvus")
-    assert await elsewhere.scores(target, index_name="", field="semantic", text_vectors=texts) is None
+        # An index in a pgvector database stored through ConnectionService: read there.
+        await store_connection(
+            db_pool,
+            "archive-pg",
+            ConnectionKind.PGVECTOR,
+            catalogue_as_pgvector_connection(catalogue_db_url),
+        )
+        archived = await store_vectors(
+            db_pool,
+            seeded,
+            {green: (current[green], [0.0, 0.6, 0.0, 0.8])},
+            connection="archive-pg",
+            active=False,
+        )
+        in_archive = LabelTarget(seeded.dataset_id, green, "s3://b/k", seeded.version_id, current[green])
+        scores = await scorer.scores(in_archive, index_name=archived, field="semantic", text_vectors=texts)
+        assert scores == pytest.approx([0.0, 0.6, 0.8], abs=1e-6)
+        # A store that cannot be opened (its connection deleted, or not a vector store): None.
+        await store_connection(db_pool, "offline-model", ConnectionKind.OFFLINE_DEFAULT, {})
+        for gone in ("deleted-connection", "offline-model"):
+            await db_pool.execute(
+                "UPDATE embedding_indexes SET vector_store_connection = $1 WHERE name = $2", gone, archived
+            )
+            assert (
+                await scorer.scores(in_archive, index_name=archived, field="semantic", text_vectors=texts)
+                is None
+            )
+    finally:
+        await stores.close()
+
+
+async def test_an_index_in_a_stored_milvus_connection_is_labeled_without_embedding_images(
+    start_tagger: Any,
+    seeder: Any,
+    embed_service: tuple[Any, str],
+    helpers: Any,
+    db_pool: Any,
+    connection_settings: ConnectionSettings,
+) -> None:
+    """The tagger's own store is pgvector; the dataset's index lives in a Milvus stored by name."""
+    servicer, address = embed_service
+    seeded = await seeder.version(["red", "green"])
+    by_colour = {colour: fid for fid, (_, _, colour) in seeded.files.items()}
+    current = await etags(db_pool)
+    milvus = MilvusSettings()
+    await store_connection(db_pool, "milvus-archive", ConnectionKind.MILVUS, {"uri": milvus.uri})
+    writer = MilvusVectorStore(milvus)
+    index = ""
+    try:
+        index = await store_vectors(
+            db_pool,
+            seeded,
+            {
+                by_colour["red"]: (current[by_colour["red"]], AXES["cat"]),
+                by_colour["green"]: (current[by_colour["green"]], AXES["blue"]),
+            },
+            store=writer,
+            connection="milvus-archive",
+        )
+        async with start_tagger(
+            connections={"offline": connection(address)}, connection_store=connection_settings
+        ) as tagger:
+            assert tagger.settings.vectorstore.kind == "pgvector"
+            definition = (
+                await tagger.stub.CreateTagDefinition(helpers.definition_request("cats", CONTENT), timeout=5)
+            ).tag_definition
+            started = await tagger.stub.StartLabelJob(
+                labeling_pb2.StartLabelJobRequest(
+                    dataset_version_id=seeded.version_id,
+                    tag_definition_id=definition.id,
+                    mode=common_pb2.JOB_MODE_FULL,
+                ),
+                timeout=5,
+            )
+            job = await helpers.wait_for_job(tagger.stub, started.job.job.id, TERMINAL)
+            assert job.job.state == common_pb2.JOB_STATE_SUCCEEDED, job.job.error
+            assert job.counts.files_labeled == 2
+        assert await ai_tags(db_pool) == {by_colour["red"]: {"cat"}, by_colour["green"]: {"blue"}}
+        assert servicer.image_calls == 0
+    finally:
+        await writer.close()
+        if index:
+            client = AsyncMilvusClient(uri=milvus.uri, dedicated=True)
+            try:
+                await client.drop_collection(INDEX_PREFIX + index)
+            finally:
+                await client.close()

@@ -3,13 +3,19 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from urllib.parse import urlsplit
 
 import asyncpg
 import pytest
 from pydantic import ValidationError
 
 from viewfinder_common.vectorstore import IndexNotFound, IndexSchema, VectorField
-from viewfinder_common.vectorstore.factory import VectorStoreSettings, create_vector_store
+from viewfinder_common.vectorstore.factory import (
+    VectorStoreSettings,
+    connect_vector_store,
+    create_vector_store,
+)
+from viewfinder_common.vectorstore.hologres import HologresVectorStore
 from viewfinder_common.vectorstore.milvus import MilvusVectorStore
 from viewfinder_common.vectorstore.pgvector import PgVectorStore
 
@@ -71,3 +77,28 @@ def test_an_unknown_kind_is_a_settings_error(monkeypatch: pytest.MonkeyPatch) ->
     monkeypatch.setenv("VIEWFINDER_VECTORSTORE_KIND", "faiss")
     with pytest.raises(ValidationError, match="pgvector"):
         VectorStoreSettings()
+
+
+@pytest.mark.parametrize("kind", ["pgvector", "hologres"])
+async def test_a_stored_connection_store_can_be_opened_on_one_connection(
+    catalogue_db_url: str, kind: str
+) -> None:
+    """What a connection test asks for: at most one connection, none opened up front."""
+    url = urlsplit(catalogue_db_url)
+    user_key = "user" if kind == "pgvector" else "access_key_id"
+    config = {
+        "host": url.hostname,
+        "port": url.port,
+        "database": url.path.lstrip("/"),
+        user_key: url.username,
+    }
+    settings = VectorStoreSettings()
+    for pool_max_size, expected in ((1, (0, 1)), (None, (1, 10))):
+        store = await connect_vector_store(kind, config, None, settings=settings, pool_max_size=pool_max_size)
+        assert isinstance(store, PgVectorStore | HologresVectorStore)
+        try:
+            own_pool = store._pool  # the pool size is what this test is about
+            assert (own_pool.get_min_size(), own_pool.get_max_size()) == expected
+            assert await own_pool.fetchval("SELECT 1") == 1
+        finally:
+            await store.close()

@@ -123,7 +123,9 @@ class TaggerSettings(ServiceSettings):
     connection_store: ConnectionSettings = Field(default_factory=ConnectionSettings)
     stored_connection_refresh_s: float = Field(default=30.0, ge=0)
     offline_template: str = "offline"
-    # Where the zero-shot tagger reads stored image vectors (the embedder's store).
+    # How the zero-shot tagger opens the stores indexes live in (as the embedder
+    # does): pgvector, milvus and this kind with these settings; other names are
+    # stored database connections, opened with ``connection_store``'s key.
     vectorstore: VectorStoreSettings = Field(default_factory=VectorStoreSettings)
     # Automatic labeling of file-discovered events (datasets with labeling.automatic).
     consumer_group: str = "viewfinder-tagger"

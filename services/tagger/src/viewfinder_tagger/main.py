@@ -3,8 +3,9 @@
 Parts: the LabelingService (gRPC), the file-discovered and file-embedded
 subscribers (automatic labeling, consumer group ``viewfinder-tagger``) and the
 label job runner (a background task). They share one S3 client, one set of
-model connections (so one adaptive limiter per connection), the vector store
-the zero-shot tagger reads stored image vectors from, and the service's broker.
+model connections (so one adaptive limiter per connection), the vector stores
+the zero-shot tagger reads stored image vectors from (each index's own), and
+the service's broker.
 """
 
 from __future__ import annotations
@@ -18,7 +19,8 @@ from viewfinder.v1 import labeling_pb2_grpc
 from viewfinder_common.app import Resources, ServiceParts, run_service
 from viewfinder_common.runtime import run_until_signalled
 from viewfinder_common.s3 import s3_client
-from viewfinder_common.vectorstore.factory import create_vector_store
+from viewfinder_common.vectorstore.factory import stored_vector_store_opener
+from viewfinder_common.vectorstore.registry import VectorStoreRegistry
 from viewfinder_tagger.adapters.catalogue import Catalogue
 from viewfinder_tagger.adapters.events import TaggerEvents
 from viewfinder_tagger.adapters.objects import ObjectReader
@@ -37,9 +39,14 @@ async def build(resources: Resources) -> ServiceParts:
     settings = resources.settings
     assert isinstance(settings, TaggerSettings)
     s3 = await resources.exit_stack.enter_async_context(s3_client(settings.s3))
-    vector_store = await create_vector_store(settings.vectorstore, pool=resources.pool)
-    resources.exit_stack.push_async_callback(vector_store.close)
-    stored_vectors = StoredVectorScorer(resources.pool, vector_store, store_kind=settings.vectorstore.kind)
+    # The stores indexes live in, opened on first use: the configured kinds and stored connections.
+    vector_stores = VectorStoreRegistry(
+        settings.vectorstore,
+        resources.pool,
+        stored=stored_vector_store_opener(resources.pool, settings.connection_store, settings.vectorstore),
+    )
+    resources.exit_stack.push_async_callback(vector_stores.close)
+    stored_vectors = StoredVectorScorer(resources.pool, vector_stores)
     models = ModelRegistry(
         settings.connections,
         default=settings.default_connection,

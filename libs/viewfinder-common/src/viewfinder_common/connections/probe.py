@@ -17,12 +17,11 @@ import socket
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 from urllib.parse import urlsplit
 
 import aiohttp
 import asyncpg
-from pydantic import SecretStr
 
 from viewfinder_common.connections.models import ConnectionKind, ConnectionSpec
 from viewfinder_common.connections.secrets import SecretUnavailable
@@ -35,6 +34,7 @@ from viewfinder_common.http_retry import (
     mask_secrets,
     raise_for_status,
 )
+from viewfinder_common.vectorstore.factory import VectorStoreSettings, connect_vector_store
 
 # An 8x8 red PNG: the smallest image a chat-with-images model accepts.
 _PROBE_PNG = base64.b64decode(
@@ -43,6 +43,13 @@ _PROBE_PNG = base64.b64decode(
 _PROBE_TEXT = "viewfinder connection test"
 # A test is one try: retrying would only hide how the service behaves now.
 _ONE_TRY = RetryPolicy(max_attempts=1)
+
+
+@runtime_checkable
+class _ReportsServerVersion(Protocol):
+    """The Elasticsearch, OpenSearch, Lindorm and Hologres adapters."""
+
+    async def server_version(self) -> str: ...
 
 
 class Failure:
@@ -273,59 +280,13 @@ class ConnectionProber:
 
     @staticmethod
     async def _search_engine_or_hologres(spec: ConnectionSpec, secret: str | None) -> str:
-        config = spec.config
-        password = SecretStr(secret) if secret else None
-        if spec.kind is ConnectionKind.HOLOGRES:
-            from viewfinder_common.vectorstore.hologres import (  # noqa: PLC0415
-                HologresSettings,
-                HologresVectorStore,
-            )
-
-            hologres = await HologresVectorStore.connect(
-                HologresSettings(
-                    host=config["host"],
-                    port=config.get("port", 80),
-                    database=config["database"],
-                    access_key_id=config["access_key_id"],
-                    access_key_secret=password,
-                    pool_min_size=0,
-                    pool_max_size=1,
-                )
-            )
-            try:
-                return await hologres.server_version()
-            finally:
-                await hologres.close()
-        if spec.kind is ConnectionKind.ELASTICSEARCH:
-            from viewfinder_common.vectorstore.elasticsearch import (  # noqa: PLC0415
-                ElasticsearchSettings,
-                ElasticsearchVectorStore,
-            )
-
-            elastic = ElasticsearchVectorStore(
-                ElasticsearchSettings(uri=config["uri"], username=config.get("username"), password=password)
-            )
-            try:
-                return await elastic.server_version()
-            finally:
-                await elastic.close()
-        from viewfinder_common.vectorstore.opensearch import (  # noqa: PLC0415
-            LindormSettings,
-            LindormVectorStore,
-            OpenSearchSettings,
-            OpenSearchVectorStore,
+        # The adapter the services would open for this connection; Hologres on one connection.
+        store = await connect_vector_store(
+            spec.kind.value, spec.config, secret, settings=VectorStoreSettings(), pool_max_size=1
         )
-
-        store: OpenSearchVectorStore | LindormVectorStore
-        if spec.kind is ConnectionKind.LINDORM:
-            store = LindormVectorStore(
-                LindormSettings(uri=config["uri"], username=config.get("username"), password=password)
-            )
-        else:
-            store = OpenSearchVectorStore(
-                OpenSearchSettings(uri=config["uri"], username=config.get("username"), password=password)
-            )
         try:
+            if not isinstance(store, _ReportsServerVersion):
+                raise TypeError(f"the {spec.kind.value} adapter does not report its server version")
             return await store.server_version()
         finally:
             await store.close()

@@ -112,11 +112,18 @@ STORE_CONNECTION_KINDS = frozenset(
 
 
 async def connect_vector_store(
-    kind: str, config: Mapping[str, Any], secret: str | None, *, settings: VectorStoreSettings
+    kind: str,
+    config: Mapping[str, Any],
+    secret: str | None,
+    *,
+    settings: VectorStoreSettings,
+    pool_max_size: int | None = None,
 ) -> VectorStore:
     """The adapter of a stored database connection (``ResolvedConnection.spec.kind.value``,
     ``.spec.config``, ``.secret``); ``settings`` gives the write knobs (batch size, Milvus
     consistency). The store owns its clients and pools: ``close()`` releases them.
+    ``pool_max_size`` caps the connection pool of pgvector and Hologres, which then opens
+    none up front (a connection test wants 1); by default they use their settings' sizes.
 
     The secret is the password (pgvector, Elasticsearch, OpenSearch, Lindorm), the
     token ``user:password`` (Milvus) or the AccessKey secret (Hologres); it goes to
@@ -129,7 +136,10 @@ async def connect_vector_store(
 
         user = quote(str(config["user"]), safe="") + "@" if config.get("user") else ""
         url = f"postgresql://{user}{config['host']}:{int(config.get('port', 5432))}/{quote(str(config['database']))}"
-        pool = await create_pool(DatabaseSettings(url=url, password=password))
+        db = DatabaseSettings(url=url, password=password)
+        if pool_max_size is not None:
+            db = db.model_copy(update={"pool_min_size": 0, "pool_max_size": pool_max_size})
+        pool = await create_pool(db)
         return PgVectorStore(pool, upsert_batch_size=settings.upsert_batch_size, owns_pool=True)
     if kind == "milvus":
         from viewfinder_common.vectorstore.milvus import MilvusVectorStore  # noqa: PLC0415
@@ -144,16 +154,16 @@ async def connect_vector_store(
     if kind == "hologres":
         from viewfinder_common.vectorstore.hologres import HologresSettings, HologresVectorStore  # noqa: PLC0415
 
-        return await HologresVectorStore.connect(
-            HologresSettings(
-                host=str(config["host"]),
-                port=int(config.get("port", 80)),
-                database=str(config["database"]),
-                access_key_id=str(config["access_key_id"]),
-                access_key_secret=password,
-            ),
-            upsert_batch_size=settings.upsert_batch_size,
+        hologres = HologresSettings(
+            host=str(config["host"]),
+            port=int(config.get("port", 80)),
+            database=str(config["database"]),
+            access_key_id=str(config["access_key_id"]),
+            access_key_secret=password,
         )
+        if pool_max_size is not None:
+            hologres = hologres.model_copy(update={"pool_min_size": 0, "pool_max_size": pool_max_size})
+        return await HologresVectorStore.connect(hologres, upsert_batch_size=settings.upsert_batch_size)
     if kind == "elasticsearch":
         from viewfinder_common.vectorstore.elasticsearch import (  # noqa: PLC0415
             ElasticsearchSettings,
