@@ -55,7 +55,7 @@ from viewfinder_common.testing.fake_pai_eas import FakePaiEasServer
 from viewfinder_common.testing.fake_search_engine import Dialect, FakeSearchEngine
 from viewfinder_common.vectorstore import INDEX_PREFIX, VectorFilter, VectorQuery, VectorStore
 from viewfinder_common.vectorstore.factory import VectorStoreSettings, stored_vector_store_opener
-from viewfinder_embedder.adapters.registries import VectorStoreRegistry
+from viewfinder_common.vectorstore.registry import VectorStoreRegistry
 from viewfinder_embedder.domain.indexes import default_index_name
 
 pytestmark = pytest.mark.stack

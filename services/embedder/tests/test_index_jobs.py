@@ -14,11 +14,12 @@ from viewfinder_common.s3 import s3_client
 from viewfinder_common.settings import S3Settings
 from viewfinder_common.vectorstore import VectorFilter
 from viewfinder_common.vectorstore.factory import VectorStoreSettings
+from viewfinder_common.vectorstore.registry import VectorStoreRegistry
 from viewfinder_embedder.adapters.catalogue import PgIndexCatalogue
 from viewfinder_embedder.adapters.decode_pool import ProcessPoolDecoder
 from viewfinder_embedder.adapters.jobs import PgIndexJobStore
 from viewfinder_embedder.adapters.objects import S3ObjectReader
-from viewfinder_embedder.adapters.registries import ModelRegistry, VectorStoreRegistry
+from viewfinder_embedder.adapters.registries import ModelRegistry
 from viewfinder_embedder.config import EmbedderSettings
 from viewfinder_embedder.domain.file_embedder import FileEmbedder
 from viewfinder_embedder.domain.index_jobs import IndexJobRunner, JobMode, JobState

@@ -17,9 +17,10 @@ import asyncpg
 import pytest
 
 from viewfinder_common.vectorstore.factory import VectorStoreSettings
+from viewfinder_common.vectorstore.registry import VectorStoreRegistry
 from viewfinder_embedder.adapters.catalogue import PgIndexCatalogue
 from viewfinder_embedder.adapters.jobs import PgIndexJobStore
-from viewfinder_embedder.adapters.registries import ModelRegistry, VectorStoreRegistry
+from viewfinder_embedder.adapters.registries import ModelRegistry
 from viewfinder_embedder.config import EmbedderSettings
 from viewfinder_embedder.domain.index_jobs import JobMode, JobState
 from viewfinder_embedder.domain.indexes import IndexDirectory

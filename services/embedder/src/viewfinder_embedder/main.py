@@ -11,12 +11,13 @@ from viewfinder_common.app import Resources, ServiceParts, run_service
 from viewfinder_common.runtime import run_until_signalled
 from viewfinder_common.s3 import s3_client
 from viewfinder_common.vectorstore.factory import stored_vector_store_opener
+from viewfinder_common.vectorstore.registry import VectorStoreRegistry
 from viewfinder_embedder.adapters.catalogue import PgIndexCatalogue
 from viewfinder_embedder.adapters.decode_pool import ProcessPoolDecoder
 from viewfinder_embedder.adapters.jobs import PgIndexJobStore
 from viewfinder_embedder.adapters.kafka import KafkaEventSink
 from viewfinder_embedder.adapters.objects import S3ObjectReader
-from viewfinder_embedder.adapters.registries import ModelRegistry, VectorStoreRegistry, stored_model_loader
+from viewfinder_embedder.adapters.registries import ModelRegistry, stored_model_loader
 from viewfinder_embedder.config import EmbedderSettings
 from viewfinder_embedder.domain.file_embedder import FileEmbedder
 from viewfinder_embedder.domain.index_jobs import IndexJobRunner

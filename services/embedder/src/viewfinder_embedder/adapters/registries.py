@@ -25,8 +25,6 @@ from viewfinder_common.connections.settings import ConnectionSettings
 from viewfinder_common.connections.store import ConnectionStore
 from viewfinder_common.errors import FailedPrecondition, InvalidArgument, NotFound
 from viewfinder_common.http_retry import HTTPStatusError
-from viewfinder_common.vectorstore import VectorStore
-from viewfinder_common.vectorstore.factory import VectorStoreSettings, create_vector_store
 from viewfinder_embedder.adapters.offline_model import OfflineEmbeddingModel
 from viewfinder_embedder.adapters.remote_models import connect_model
 from viewfinder_embedder.config import ModelConnection, OfflineModelSettings
@@ -53,9 +51,6 @@ class UnknownConnection(NotFound, KeyError):
 # Builds the model of a connection stored through ConnectionService, by name;
 # None means "the offline default", which the registry shares with its own.
 StoredModelLoader = Callable[[str], Awaitable[EmbeddingModel | None]]
-# Opens the vector store of a stored database connection, by name
-# (``viewfinder_common.vectorstore.factory.stored_vector_store_opener``).
-StoredStoreLoader = Callable[[str], Awaitable[VectorStore]]
 
 
 def stored_model_loader(pool: asyncpg.Pool, settings: ConnectionSettings) -> StoredModelLoader:
@@ -144,45 +139,3 @@ class ModelRegistry:
             if id(model) not in borrowed and id(model) not in closed:
                 closed.add(id(model))
                 await model.close()
-
-
-class VectorStoreRegistry:
-    """``VectorStoreProvider``: the service's own stores by adapter kind (``pgvector``,
-    ``milvus`` and the configured kind), then stored database connections by name."""
-
-    def __init__(
-        self, settings: VectorStoreSettings, pool: asyncpg.Pool, *, stored: StoredStoreLoader | None = None
-    ) -> None:
-        self._settings = settings
-        self._pool = pool
-        self._own = {"pgvector", "milvus", settings.kind}
-        self._stored = stored
-        self._stores: dict[str, VectorStore] = {}
-        self._lock = asyncio.Lock()
-
-    def has_connection(self, name: str) -> bool:
-        """Whether ``name`` is a known vector store (stored connections are found on first use)."""
-        return name in self._own or self._stored is not None
-
-    async def store(self, connection: str) -> VectorStore:
-        """The store, opened on first use (pgvector shares the catalogue pool)."""
-        store = self._stores.get(connection)
-        if store is not None:
-            return store
-        async with self._lock:
-            store = self._stores.get(connection)
-            if store is None:
-                if connection in self._own:
-                    kind_settings = self._settings.model_copy(update={"kind": connection})
-                    store = await create_vector_store(kind_settings, pool=self._pool)
-                elif self._stored is not None:
-                    store = await self._stored(connection)
-                else:
-                    raise UnknownConnection(f"no vector store connection named {connection!r} is configured")
-                self._stores[connection] = store
-        return store
-
-    async def close(self) -> None:
-        """Closes every opened store."""
-        for store in self._stores.values():
-            await store.close()
