@@ -4,7 +4,8 @@ A service's ``main.py`` describes its parts (gRPC servicers, Kafka routers)
 with a ``build`` function; ``run_service`` opens the connections in order,
 starts the parts, waits for the stop signal and closes everything in reverse:
 gRPC reports NOT_SERVING first, then consumers stop (committing what they
-finished), then the pool closes.
+finished), then the pool closes. While it runs, a watchdog restarts any Kafka
+consumer that has work but makes no progress (see ``ConsumerWatchdog``).
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from faststream.kafka import KafkaBroker, KafkaRouter
 
 from viewfinder_common.db import create_pool
 from viewfinder_common.grpc_server import GrpcServer, ServicerRegistration
-from viewfinder_common.kafka import build_broker
+from viewfinder_common.kafka import ConsumerWatchdog, build_broker
 from viewfinder_common.logging import configure_logging, get_logger
 from viewfinder_common.settings import ServiceSettings
 
@@ -75,6 +76,8 @@ async def run_service(settings: ServiceSettings, build: BuildParts, stop: asynci
         await server.start()
         stack.push_async_callback(server.stop)
         tasks = [asyncio.create_task(job()) for job in parts.background]
+        if broker.subscribers:
+            tasks.append(asyncio.create_task(ConsumerWatchdog.for_broker(broker).run()))
         log.info("service_started", grpc_port=server.port)
         try:
             await stop.wait()
