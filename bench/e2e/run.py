@@ -28,6 +28,7 @@ import statistics
 import sys
 import time
 import uuid
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -44,7 +45,7 @@ from viewfinder.v1 import (
 )
 from viewfinder_common.s3 import s3_client
 from viewfinder_common.settings import S3Settings
-from viewfinder_common.vectorstore.pgvector import table_name
+from viewfinder_common.vectorstore.postgres_sql import table_name
 
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
@@ -103,6 +104,40 @@ def _peak_rss_mib(pid: int) -> float:
         except OSError:
             continue
     return total_kib / 1024
+
+
+# The stack's own servers whose CPU the pipeline also spends (pid files of `make up`).
+STACK_SERVERS = ("s3", "kafka", "postgres", "relay")
+_CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def _cpu_s(pid: int) -> float:
+    """User + system CPU seconds of a process and its living descendants so far."""
+    ticks = 0
+    for member in _family_pids(pid):
+        try:
+            fields = Path(f"/proc/{member}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        ticks += int(fields[11]) + int(fields[12])  # utime, stime (fields 14 and 15 of stat)
+    return ticks / _CLOCK_TICKS
+
+
+def _stack_pids(cfg: stack.StackConfig) -> dict[str, int]:
+    """Pids of the stack's servers from their pid files, where running."""
+    pids: dict[str, int] = {}
+    for name in STACK_SERVERS:
+        try:
+            pid = int((cfg.pids_dir / f"{name}.pid").read_text().split()[0])
+        except (OSError, ValueError, IndexError):
+            continue
+        if Path(f"/proc/{pid}").exists():
+            pids[name] = pid
+    return pids
+
+
+def _cpu_snapshot(pids: dict[str, int]) -> dict[str, float]:
+    return {name: _cpu_s(pid) for name, pid in pids.items()}
 
 
 class System:
@@ -165,8 +200,8 @@ class System:
             raise
         return any(result.file.key.endswith(file_name) for result in response.results)
 
-    async def progress(self, dataset_id: str, version_id: str) -> tuple[int, int, int]:
-        """(files with a vector, files labelled, files rejected as corrupt or unsupported) in a version.
+    async def progress(self, dataset_id: str, version_id: str) -> tuple[int, int, int, int]:
+        """(files catalogued, files with a vector, files labelled, files rejected as corrupt or unsupported).
 
         Real clip art has a few images over the decompression-bomb limit; ingest
         rejects them with a reason, and they count as done.
@@ -188,7 +223,8 @@ class System:
             "SELECT count(*) FROM files WHERE version_id = $1 AND status IN ('corrupt', 'unsupported')",
             version_id,
         )
-        return int(vectors), int(labelled), int(rejected)
+        catalogued = await self.db.fetchval("SELECT count(*) FROM files WHERE version_id = $1", version_id)
+        return int(catalogued), int(vectors), int(labelled), int(rejected)
 
 
 async def measure_latency(
@@ -214,19 +250,38 @@ async def measure_latency(
     return latencies
 
 
-async def measure_pipeline(
-    system: System, bucket: str, prefix: str, paths: list[Path], timeout_s: float, labeling: bool
-) -> tuple[float, float]:
-    """Seconds from the first PUT until every file has a vector, and until every file is also labelled.
+@dataclass
+class PipelineTimes:
+    """Seconds from the first PUT until each stage had seen every file."""
 
-    Without ``labeling`` the dataset has automatic labeling off, and both are the embedding time.
+    uploaded_s: float  # the last PUT returned
+    catalogued_s: float  # ingest has a row for every file (notification relayed and applied)
+    embedded_s: float  # every file has a vector (or was rejected as corrupt/unsupported)
+    labelled_s: float  # every file is also labelled (the embedding time when labeling is off)
+    cpu_s: dict[str, float]  # CPU seconds each process spent during the phase
+
+
+async def measure_pipeline(
+    system: System,
+    bucket: str,
+    prefix: str,
+    paths: list[Path],
+    timeout_s: float,
+    labeling: bool,
+    pids: dict[str, int],
+) -> PipelineTimes:
+    """When each stage had seen every file, from the first PUT.
+
+    Without ``labeling`` the dataset has automatic labeling off, and the labelled time is the embedding time.
     """
     dataset_id, version_id = await system.create_dataset(
         f"bench-throughput-{uuid.uuid4().hex[:8]}", bucket, prefix, labeling
     )
     bodies = [(f"{prefix}{number:05d}-{path.name}", path.read_bytes()) for number, path in enumerate(paths)]
     semaphore = asyncio.Semaphore(32)
+    cpu_before = _cpu_snapshot(pids)
     began = time.monotonic()
+    uploaded_s: float | None = None
     async with s3_client(S3Settings()) as s3:
 
         async def put(key: str, body: bytes) -> None:
@@ -234,29 +289,51 @@ async def measure_pipeline(
                 await s3.put_object(Bucket=bucket, Key=key, Body=body)
 
         async def put_all() -> None:
+            nonlocal uploaded_s
             await asyncio.gather(*(put(key, body) for key, body in bodies))
-            print(f"    ({len(bodies)} PUTs to the S3 API server took {time.monotonic() - began:.1f} s)")
+            uploaded_s = time.monotonic() - began
 
         upload = asyncio.create_task(put_all())
+        catalogued_s: float | None = None
         embedded_s: float | None = None
         while True:
-            vectors, labelled, rejected = await system.progress(dataset_id, version_id)
+            catalogued, vectors, labelled, rejected = await system.progress(dataset_id, version_id)
             vectors, labelled = vectors + rejected, labelled + rejected
             now = time.monotonic() - began
+            if catalogued_s is None and catalogued >= len(paths):
+                catalogued_s = now
             if embedded_s is None and vectors >= len(paths):
                 embedded_s = now
             if embedded_s is not None and (labelled >= len(paths) or not labeling):
                 await upload
-                return embedded_s, now
+                assert uploaded_s is not None
+                cpu_after = _cpu_snapshot(pids)
+                cpu = {name: cpu_after[name] - cpu_before[name] for name in cpu_before if name in cpu_after}
+                return PipelineTimes(uploaded_s, catalogued_s or now, embedded_s, now, cpu)
             if now > timeout_s:
                 raise SystemExit(
-                    f"after {timeout_s:.0f} s: {vectors} vectors, {labelled} labelled of {len(paths)}"
+                    f"after {timeout_s:.0f} s: {catalogued} catalogued, {vectors} vectors, "
+                    f"{labelled} labelled of {len(paths)}"
                 )
             await asyncio.sleep(0.2)
 
 
-def raw_model_rate(paths: list[Path]) -> float:
-    """Images/s of the embedder's offline model alone on already-decoded pixels (batches of 32)."""
+def _stages(times: PipelineTimes, count: int) -> str:
+    cpu = ", ".join(
+        f"{name} {seconds:.1f}" for name, seconds in sorted(times.cpu_s.items(), key=lambda kv: -kv[1])
+    )
+    return (
+        f"    stages from the first PUT: all {count} PUTs done {times.uploaded_s:.1f} s "
+        f"({count / times.uploaded_s:.0f}/s), all catalogued by ingest {times.catalogued_s:.1f} s "
+        f"({count / times.catalogued_s:.0f}/s), all embedded {times.embedded_s:.1f} s, "
+        f"all labelled {times.labelled_s:.1f} s\n"
+        f"    CPU seconds in that time ({os.cpu_count()} CPUs x {times.labelled_s:.1f} s wall, shared "
+        f"with whatever else runs): {cpu}; total {sum(times.cpu_s.values()):.1f}"
+    )
+
+
+def raw_model_rate(paths: list[Path]) -> tuple[float, float]:
+    """Images/s of the embedder's offline model alone on already-decoded pixels (batches of 32), and its CPU s/image."""
     from viewfinder_embedder.adapters.offline_model import OfflineEmbeddingModel  # noqa: PLC0415 - heavy
     from viewfinder_embedder.config import default_model_cache_dir  # noqa: PLC0415
     from viewfinder_embedder.domain.decode import DecodedImage, decode_image  # noqa: PLC0415
@@ -268,15 +345,16 @@ def raw_model_rate(paths: list[Path]) -> float:
         if isinstance(decoded, DecodedImage):
             pixels.append(decoded.pixels)
     model.embed_images_sync(pixels[:32])  # warm-up
-    began = time.monotonic()
+    began, cpu_began = time.monotonic(), time.process_time()
     model.embed_images_sync(pixels)
-    return len(pixels) / (time.monotonic() - began)
+    return len(pixels) / (time.monotonic() - began), (time.process_time() - cpu_began) / len(pixels)
 
 
 async def run(args: argparse.Namespace) -> int:
     cfg = stack.StackConfig.from_env(os.environ)
     plan = await local_services.up(cfg)
     pids = {name: stack.running_pid(cfg, server) for name, server in local_services.services(plan).items()}
+    measured = {**_stack_pids(cfg), **{name: pid for name, pid in pids.items() if pid is not None}}
     reset = all(_reset_peak_rss(pid) for pid in pids.values() if pid is not None)
     bucket = plan.env.get("VIEWFINDER_DEMO_BUCKET", "viewfinder-demo")
     run_id = uuid.uuid4().hex[:8]
@@ -295,29 +373,48 @@ async def run(args: argparse.Namespace) -> int:
             f"p95 {_percentile(latencies, 0.95):.2f} s, max {max(latencies):.2f} s (goal p95 <= 2 s)"
         )
         images = sample[args.uploads : args.uploads + args.images]
-        embed_only_s, _ = await measure_pipeline(
-            system, bucket, f"bench-e2e/{run_id}/embed-only/", images, args.timeout, labeling=False
+        embed_only = await measure_pipeline(
+            system,
+            bucket,
+            f"bench-e2e/{run_id}/embed-only/",
+            images,
+            args.timeout,
+            labeling=False,
+            pids=measured,
         )
         labelled_images = sample[args.uploads + args.images :]
-        embedded_s, labelled_s = await measure_pipeline(
-            system, bucket, f"bench-e2e/{run_id}/labelled/", labelled_images, args.timeout, labeling=True
+        labelled = await measure_pipeline(
+            system,
+            bucket,
+            f"bench-e2e/{run_id}/labelled/",
+            labelled_images,
+            args.timeout,
+            labeling=True,
+            pids=measured,
         )
     finally:
         await system.close()
         await db.close()
+    embed_only_s, embedded_s, labelled_s = embed_only.embedded_s, labelled.embedded_s, labelled.labelled_s
     pipeline_rate = len(images) / embed_only_s
     print(
         f"  full pipeline, labeling off (PUT, notification, ingest, embed, store): {len(images)} images "
         f"in {embed_only_s:.1f} s = {pipeline_rate:.0f} images/s"
     )
+    print(_stages(embed_only, len(images)))
     print(
         f"  full pipeline, automatic labeling on: every file embedded after {embedded_s:.1f} s "
         f"({len(labelled_images) / embedded_s:.0f} images/s), also labelled after {labelled_s:.1f} s "
         f"({len(labelled_images) / labelled_s:.0f} images/s)"
     )
+    print(_stages(labelled, len(labelled_images)))
     peaks = {name: _peak_rss_mib(pid) for name, pid in pids.items() if pid is not None}
-    raw_rate = await asyncio.to_thread(raw_model_rate, images)
-    print(f"  baseline: the embedder's raw model on decoded pixels, batch 32: {raw_rate:.0f} images/s")
+    raw_rate, raw_cpu = await asyncio.to_thread(raw_model_rate, images)
+    print(
+        f"  baseline: the embedder's raw model on decoded pixels, batch 32: {raw_rate:.0f} images/s "
+        f"({1000 * raw_cpu:.0f} CPU-ms/image; the pipeline, labeling off: "
+        f"{1000 * sum(embed_only.cpu_s.values()) / len(images):.0f} CPU-ms/image over the processes above)"
+    )
     print(f"  ratio pipeline (labeling off) / raw model: {pipeline_rate / raw_rate:.2f} (goal >= 0.8)")
     print(
         f"  ratio pipeline (labeling on, until labelled) / raw model: {len(labelled_images) / labelled_s / raw_rate:.2f}"

@@ -10,6 +10,13 @@ Delivery is at-least-once: an SQS message is deleted only after the broker has
 acknowledged the record (``acks=all``). A crash in between redelivers the
 message once its visibility timeout expires, and ingest is idempotent.
 
+One receive returns at most 10 messages (SQS's limit) and each batch waits for
+a receive, a produce and a delete round trip in turn, so one loop caps the
+relay at a few dozen notifications a second. Several loops run side by side
+(``concurrency``) and share one producer, whose ``linger_ms`` lets their
+records share produce requests. SQS standard queues promise no order anyway;
+ingest orders the events of one object itself.
+
 Run it with ``python -m viewfinder_common.storage_relay``.
 """
 
@@ -57,6 +64,8 @@ class RelaySettings(BaseSettings):
     poll_wait_s: int = Field(default=10, ge=0, le=20)
     # Messages per receive (10 is SQS's maximum).
     batch_size: int = Field(default=10, ge=1, le=10)
+    # Receive-publish-delete loops running side by side.
+    concurrency: int = Field(default=4, ge=1, le=64)
     log_level: str = "INFO"
     log_json: bool = True
 
@@ -98,6 +107,7 @@ class StorageEventRelay:
     topic: str
     poll_wait_s: int = 10
     batch_size: int = 10
+    concurrency: int = 1
 
     async def relay_batch(self) -> int:
         """Receives one batch, publishes it and deletes what the broker acknowledged.
@@ -168,28 +178,31 @@ class StorageEventRelay:
             )
 
     async def run(self, stop: asyncio.Event) -> None:
-        """Relays until ``stop`` is set; a batch in flight is finished first."""
+        """Relays with ``concurrency`` loops until ``stop`` is set; batches in flight are finished first."""
         stopping = asyncio.create_task(stop.wait())
         try:
-            while not stop.is_set():
-                receiving = asyncio.create_task(self.receive())
-                # Only the long poll is interrupted: a batch that has been
-                # received is published and deleted before stopping.
-                await asyncio.wait({receiving, stopping}, return_when=asyncio.FIRST_COMPLETED)
-                if not receiving.done():
-                    receiving.cancel()
-                    await asyncio.gather(receiving, return_exceptions=True)
-                    break
-                try:
-                    relayed = await self.publish(receiving.result())
-                except (ClientError, BotoCoreError, KafkaError, OSError):
-                    logger.exception("relay batch from %s failed; retrying", self.queue_url)
-                    await asyncio.sleep(_RETRY_PAUSE_S)
-                    continue
-                if relayed:
-                    logger.info("relayed %d storage events to %s", relayed, self.topic)
+            await asyncio.gather(*(self._relay_until(stopping) for _ in range(self.concurrency)))
         finally:
             stopping.cancel()
+
+    async def _relay_until(self, stopping: asyncio.Task[bool]) -> None:
+        while not stopping.done():
+            receiving = asyncio.create_task(self.receive())
+            # Only the long poll is interrupted: a batch that has been
+            # received is published and deleted before stopping.
+            await asyncio.wait({receiving, stopping}, return_when=asyncio.FIRST_COMPLETED)
+            if not receiving.done():
+                receiving.cancel()
+                await asyncio.gather(receiving, return_exceptions=True)
+                break
+            try:
+                relayed = await self.publish(receiving.result())
+            except (ClientError, BotoCoreError, KafkaError, OSError):
+                logger.exception("relay batch from %s failed; retrying", self.queue_url)
+                await asyncio.sleep(_RETRY_PAUSE_S)
+                continue
+            if relayed:
+                logger.info("relayed %d storage events to %s", relayed, self.topic)
 
 
 async def run_relay(
@@ -200,7 +213,8 @@ async def run_relay(
     SQS is reached with the same endpoint and keys as the bucket it serves.
     """
     session = s3_session(sqs)
-    producer = AIOKafkaProducer(bootstrap_servers=kafka.bootstrap_servers, acks="all")
+    # linger_ms: the loops' records share produce requests (DESIGN §9).
+    producer = AIOKafkaProducer(bootstrap_servers=kafka.bootstrap_servers, acks="all", linger_ms=5)
     async with session.client("sqs", endpoint_url=sqs.endpoint_url) as client:
         # Fails fast, with the service's own error, when the queue does not exist.
         await client.get_queue_attributes(QueueUrl=settings.queue_url, AttributeNames=["QueueArn"])
@@ -214,6 +228,7 @@ async def run_relay(
                 topic=settings.topic,
                 poll_wait_s=settings.poll_wait_s,
                 batch_size=settings.batch_size,
+                concurrency=settings.concurrency,
             )
             await relay.run(stop)
         finally:
