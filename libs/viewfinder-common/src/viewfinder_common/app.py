@@ -77,7 +77,13 @@ async def run_service(settings: ServiceSettings, build: BuildParts, stop: asynci
         stack.push_async_callback(server.stop)
         tasks = [asyncio.create_task(job()) for job in parts.background]
         if broker.subscribers:
-            tasks.append(asyncio.create_task(ConsumerWatchdog.for_broker(broker).run()))
+            tasks.append(
+                asyncio.create_task(
+                    ConsumerWatchdog.for_broker(
+                        broker, stall_after_s=settings.kafka.consumer_stall_after_s
+                    ).run()
+                )
+            )
         log.info("service_started", grpc_port=server.port)
         try:
             await stop.wait()

@@ -123,7 +123,8 @@ async def send_to_dead_letter(
 # --- consumer watchdog -------------------------------------------------------
 
 # A consumer that knows it has records to read, or hears nothing from the
-# broker, and has not moved for this long while no handler runs, is restarted.
+# broker, and has not moved for this long while no handler runs, is restarted
+# (the default of KafkaSettings.consumer_stall_after_s).
 # A healthy consumer with a backlog moves within one fetch (milliseconds), so
 # the margin is generous; it only bounds how long a stuck consumer stays stuck.
 STALL_AFTER_S = 60.0

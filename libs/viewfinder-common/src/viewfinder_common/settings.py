@@ -37,6 +37,9 @@ class KafkaSettings(BaseSettings):
     # a join, so sessions are short and heartbeats frequent.
     session_timeout_ms: int = 6000
     heartbeat_interval_ms: int = 500
+    # The consumer watchdog (kafka.ConsumerWatchdog) restarts a consumer that
+    # has work but has not moved for this long while no handler runs.
+    consumer_stall_after_s: float = Field(default=60.0, gt=0)
 
 
 class DatabaseSettings(BaseSettings):
