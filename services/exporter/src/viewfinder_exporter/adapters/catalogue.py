@@ -15,25 +15,13 @@ from typing import Any
 import asyncpg
 
 from viewfinder_common.errors import InvalidArgument, NotFound
+from viewfinder_common.tags_sql import TAGS_IN_EFFECT_BY_FILE
 from viewfinder_exporter.domain.records import ExportRecord, TagSnapshot
 from viewfinder_exporter.domain.runner import SourcePage
 
 # Most file ids one FileSelection may name (export.proto).
 MAX_SELECTED_FILES = 100_000
 _PAGE_SIZE = 1000
-
-# The rule of 0003_tags.sql: a user tag is in effect unless removed; an AI tag
-# unless removed or hidden by a removed user tag of the same name. (Search
-# applies the same rule when it answers a search.)
-_TAGS_IN_EFFECT = """
-SELECT t.file_id, t.tag, t.value, t.source, t.confidence, t.model, t.definition_id, t.definition_version
-FROM file_tags t
-WHERE t.file_id = ANY($1::uuid[]) AND NOT t.removed
-  AND (t.source = 'user' OR NOT EXISTS (
-        SELECT 1 FROM file_tags hidden
-        WHERE hidden.file_id = t.file_id AND hidden.tag = t.tag AND hidden.source = 'user' AND hidden.removed))
-ORDER BY t.file_id, t.tag, t.source
-"""
 
 
 @dataclass(frozen=True)
@@ -112,7 +100,7 @@ class ExporterCatalogue:
                 """,
                 ids,
             )
-            tag_rows = await conn.fetch(_TAGS_IN_EFFECT, ids)
+            tag_rows = await conn.fetch(TAGS_IN_EFFECT_BY_FILE, ids)
         tags: dict[uuid.UUID, list[TagSnapshot]] = {}
         for row in tag_rows:
             tags.setdefault(row["file_id"], []).append(
