@@ -19,7 +19,7 @@ from viewfinder_common.settings import MilvusSettings, S3Settings
 from viewfinder_common.vectorstore import INDEX_PREFIX, IndexSchema, VectorField, VectorRow, VectorStore
 from viewfinder_common.vectorstore.milvus import MilvusVectorStore
 from viewfinder_common.vectorstore.pgvector import PgVectorStore
-from viewfinder_search.adapters.catalogue import PostgresCatalogue
+from viewfinder_search.adapters.catalogue import SERVER_SETTINGS, PostgresCatalogue
 from viewfinder_search.adapters.embedder import EmbedServiceClient
 from viewfinder_search.adapters.previews import S3PreviewSigner
 from viewfinder_search.domain.engine import Searcher
@@ -39,7 +39,10 @@ from viewfinder_search.testing import (
 
 @pytest.fixture
 async def catalogue_pool(catalogue_db_url: str) -> AsyncIterator[asyncpg.Pool]:
-    pool = await asyncpg.create_pool(catalogue_db_url, min_size=1, max_size=4)
+    # The connection settings of the service itself (planner costs).
+    pool = await asyncpg.create_pool(
+        catalogue_db_url, min_size=1, max_size=4, server_settings=SERVER_SETTINGS
+    )
     assert pool is not None
     try:
         yield pool

@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import asyncio
 import socket
+from contextlib import AsyncExitStack
 
 import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from viewfinder.v1 import search_pb2, search_pb2_grpc
-from viewfinder_search.main import serve
+from viewfinder_search.adapters.catalogue import SERVER_SETTINGS
+from viewfinder_search.config import SearchSettings
+from viewfinder_search.main import open_search_pool, serve
 from viewfinder_search.testing import SearchStack
 
 
@@ -58,3 +61,16 @@ async def test_serve_answers_search_with_the_configured_embedder_and_store(
     finally:
         stop.set()
         await asyncio.wait_for(service, timeout=60)
+
+
+async def test_every_connection_of_the_search_pool_carries_the_planner_settings(
+    catalogue_db_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("VIEWFINDER_DB_URL", catalogue_db_url)
+    async with AsyncExitStack() as stack:
+        pool = await open_search_pool(SearchSettings(), stack)
+        async with pool.acquire() as first, pool.acquire() as second:
+            for conn in (first, second):
+                for name, value in SERVER_SETTINGS.items():
+                    assert await conn.fetchval(f"SELECT current_setting('{name}')") == value
+    assert pool.is_closing()

@@ -30,6 +30,7 @@ from viewfinder_common.vectorstore import (
 from viewfinder_common.vectorstore.pgvector import PgVectorStore
 from viewfinder_common.vectorstore.rows import exact_top_k
 from viewfinder_search.adapters.catalogue import PostgresCatalogue
+from viewfinder_search.adapters.pgvector_catalogue import PgVectorCatalogueSearch
 from viewfinder_search.domain.conditions import (
     MATCH_ALL,
     AllOf,
@@ -85,15 +86,21 @@ class MemoryStore:
 
 
 class MemoryCatalogue:
-    """Candidate files are a fixed set of ids."""
+    """Candidate files are a fixed set of ids; the row estimate is exact unless one is given."""
 
-    def __init__(self, passing: set[str]) -> None:
+    def __init__(self, passing: set[str], estimate: int | None = None) -> None:
         self.passing = passing
+        self.estimate = len(passing) if estimate is None else estimate
+        self.candidate_reads: list[int] = []
 
     async def version_size(self, dataset_version_id: str) -> int:
         return 400
 
+    async def estimated_matches(self, catalogue_filter: CatalogueFilter) -> int:
+        return self.estimate
+
     async def candidate_ids(self, catalogue_filter: CatalogueFilter, limit: int) -> list[str]:
+        self.candidate_reads.append(limit)
         return sorted(self.passing)[:limit]
 
     async def matching_ids(self, catalogue_filter: CatalogueFilter, file_ids: Sequence[str]) -> set[str]:
@@ -141,7 +148,8 @@ async def test_broad_filter_widens_the_ann_request_until_top_k_pass() -> None:
     store = MemoryStore(vectors, VERSION)
     result = await planned_vector_search(
         store,  # type: ignore[arg-type]
-        MemoryCatalogue(passing),
+        # PostgreSQL's estimate says every file passes: the first request is the floor.
+        MemoryCatalogue(passing, estimate=400),
         VectorRequest("idx", "f", query.tolist(), top_k=10),
         SOME_FILTER,
         PlannerSettings(
@@ -157,6 +165,94 @@ async def test_broad_filter_widens_the_ann_request_until_top_k_pass() -> None:
     assert all(2 * a <= b <= 16 * a for a, b in itertools.pairwise(fetched))
     assert all(q.search_breadth is not None and q.search_breadth >= q.top_k for q in store.queries)
     assert not any(q.exact for q in store.queries)
+
+
+async def test_broad_filter_sizes_the_first_request_from_the_estimate_and_reads_no_ids() -> None:
+    vectors, query = memory_fixture()
+    passing = set(list(vectors)[::2])  # 50 % of the files
+    store = MemoryStore(vectors, VERSION)
+    catalogue = MemoryCatalogue(passing)
+    result = await planned_vector_search(
+        store,  # type: ignore[arg-type]
+        catalogue,
+        VectorRequest("idx", "f", query.tolist(), top_k=10),
+        SOME_FILTER,
+        PlannerSettings(exact_candidate_floor=5, exact_candidate_limit=5, estimate_margin=1.5),
+    )
+    assert result.strategy is Strategy.FILTERED_ANN
+    assert [hit.file_id for hit in result.hits] == brute_force(vectors, passing, query, 10)
+    assert catalogue.candidate_reads == []
+    # top_k / pass rate 0.5 x margin 1.5.
+    assert store.queries[0].top_k == 30
+
+
+async def test_filter_estimated_broad_but_selective_ends_on_the_exact_path() -> None:
+    vectors, query = memory_fixture()
+    passing = set(list(vectors)[:30])
+    store = MemoryStore(vectors, VERSION)
+    catalogue = MemoryCatalogue(passing, estimate=300)
+    result = await planned_vector_search(
+        store,  # type: ignore[arg-type]
+        catalogue,
+        VectorRequest("idx", "f", query.tolist(), top_k=10),
+        SOME_FILTER,
+        PlannerSettings(exact_candidate_floor=100, exact_candidate_limit=100),
+    )
+    assert result.strategy is Strategy.EXACT_PREFILTER
+    assert [hit.file_id for hit in result.hits] == brute_force(vectors, passing, query, 10)
+    # The first ANN round showed a low pass rate; the ids were read once, bounded.
+    assert catalogue.candidate_reads == [101]
+    assert not store.queries[0].exact
+    assert store.queries[-1].exact
+    assert set(store.queries[-1].filter.file_ids or ()) == passing
+
+
+async def test_filter_estimated_selective_but_broad_takes_the_ann_path() -> None:
+    vectors, query = memory_fixture()
+    passing = set(list(vectors)[::2])
+    store = MemoryStore(vectors, VERSION)
+    catalogue = MemoryCatalogue(passing, estimate=3)
+    result = await planned_vector_search(
+        store,  # type: ignore[arg-type]
+        catalogue,
+        VectorRequest("idx", "f", query.tolist(), top_k=10),
+        SOME_FILTER,
+        PlannerSettings(exact_candidate_floor=50, exact_candidate_limit=50),
+    )
+    assert result.strategy is Strategy.FILTERED_ANN
+    assert [hit.file_id for hit in result.hits] == brute_force(vectors, passing, query, 10)
+    # The bounded read settled it: more than the limit match.
+    assert catalogue.candidate_reads == [51]
+    assert not any(q.exact for q in store.queries)
+
+
+@pytest.mark.parametrize(
+    ("max_breadth", "expected"), [(100, Strategy.EXACT_PREFILTER), (1000, Strategy.FILTERED_ANN)]
+)
+async def test_filter_needing_more_breadth_than_the_store_has_takes_the_exact_path(
+    max_breadth: int, expected: Strategy
+) -> None:
+    vectors, query = memory_fixture()
+    passing = set(list(vectors)[:30])
+    # The break-even alone says ANN above 6 candidates; the first ANN request
+    # would need 10 / (30 / 400) x 1.5 = 200 neighbours at breadth 600.
+    settings = PlannerSettings(
+        exact_candidate_floor=5,
+        exact_candidate_limit=100,
+        ann_cost_ratio=0.01,
+        estimate_margin=1.5,
+        breadth_factor=3,
+        max_search_breadth=max_breadth,
+    )
+    result = await planned_vector_search(
+        MemoryStore(vectors, VERSION),  # type: ignore[arg-type]
+        MemoryCatalogue(passing),
+        VectorRequest("idx", "f", query.tolist(), top_k=10),
+        SOME_FILTER,
+        settings,
+    )
+    assert result.strategy is expected
+    assert [hit.file_id for hit in result.hits] == brute_force(vectors, passing, query, 10)
 
 
 async def test_short_ann_answer_falls_back_to_an_exact_scan() -> None:
@@ -341,16 +437,47 @@ async def load(
     )
 
 
+class CountingCatalogueSearch(PgVectorCatalogueSearch):
+    """Counts the searches answered in one statement, by path."""
+
+    exact_calls = 0
+    # Walks that found top_k (the others fell back to the generic path).
+    ann_answers = 0
+
+    async def exact_top_k(
+        self, request: VectorRequest, catalogue_filter: CatalogueFilter, limit: int
+    ) -> list[VectorHit] | None:
+        self.exact_calls += 1
+        return await super().exact_top_k(request, catalogue_filter, limit)
+
+    async def filtered_top_k(
+        self, request: VectorRequest, catalogue_filter: CatalogueFilter, breadth: int
+    ) -> list[VectorHit] | None:
+        hits = await super().filtered_top_k(request, catalogue_filter, breadth)
+        self.ann_answers += hits is not None
+        return hits
+
+
 @pytest.mark.parametrize(
-    ("label", "settings"),
+    ("label", "settings", "in_one_statement"),
     [
-        ("default planner", PlannerSettings()),
-        ("mixed paths", PlannerSettings(exact_candidate_floor=50)),
-        ("filtered ANN only", PlannerSettings(exact_candidate_floor=0, exact_candidate_limit=0)),
+        ("default planner", PlannerSettings(), False),
+        ("mixed paths", PlannerSettings(exact_candidate_floor=50), False),
+        ("mixed paths, in one statement", PlannerSettings(exact_candidate_floor=50), True),
+        ("filtered ANN only", PlannerSettings(exact_candidate_floor=0, exact_candidate_limit=0), False),
+        (
+            "filtered ANN only, in one statement",
+            PlannerSettings(exact_candidate_floor=0, exact_candidate_limit=0),
+            True,
+        ),
     ],
 )
 async def test_filtered_top_k_equals_brute_force(
-    catalogue_pool: asyncpg.Pool, unique_name: str, label: str, settings: PlannerSettings
+    catalogue_pool: asyncpg.Pool,
+    unique_name: str,
+    label: str,
+    settings: PlannerSettings,
+    in_one_statement: bool,
 ) -> None:
     rng = random.Random(20250228)
     async with catalogue_pool.acquire() as conn:
@@ -375,6 +502,7 @@ async def test_filtered_top_k_equals_brute_force(
     await store.upsert(index, [VectorRow(r.id, r.version, "e", {"v": r.vector.tolist()}) for r in rows])
     catalogue = PostgresCatalogue(catalogue_pool)
 
+    one_statement = CountingCatalogueSearch(catalogue_pool, default_kind="pgvector")
     version = version_ids[0]
     in_version = [r for r in rows if r.version == version and r.status == "active"]
     strategies: set[Strategy] = set()
@@ -404,6 +532,7 @@ async def test_filtered_top_k_equals_brute_force(
             VectorRequest(index, "v", query.tolist(), top_k=top_k, score_threshold=threshold),
             catalogue_filter,
             settings,
+            catalogue_vectors=one_statement if in_one_statement else None,
         )
         strategies.add(result.strategy)
         if result.strategy is Strategy.EXACT_PREFILTER:
@@ -416,6 +545,10 @@ async def test_filtered_top_k_equals_brute_force(
         for hit, reference in zip(result.hits, expected, strict=True):
             assert hit.score == pytest.approx(reference.score, abs=1e-5)
     assert sum(recalls) / len(recalls) == 1.0
+    if in_one_statement and settings.exact_candidate_limit == 0:
+        assert one_statement.ann_answers > 0
+    elif in_one_statement:
+        assert one_statement.exact_calls > 0
     if settings.exact_candidate_limit == 0:
         assert Strategy.FILTERED_ANN in strategies
     elif settings.exact_candidate_floor == 50:
@@ -436,3 +569,101 @@ async def test_vector_filter_by_file_ids_restricts_the_exact_search(
         VectorQuery("v", [1.0, 0.0], top_k=3, filter=VectorFilter(VERSION, file_ids=ids[3:]), exact=True),
     )
     assert [hit.file_id for hit in hits] == ids[3:]
+
+
+async def test_one_statement_paths_serve_pgvector_indexes_only_and_are_never_short(
+    catalogue_pool: asyncpg.Pool, unique_name: str
+) -> None:
+    async with catalogue_pool.acquire() as conn:
+        dataset = await conn.fetchval("INSERT INTO datasets (name, bucket) VALUES ('one', 'b') RETURNING id")
+        version = str(
+            await conn.fetchval(
+                "INSERT INTO dataset_versions (dataset_id, number) VALUES ($1, 1) RETURNING id", dataset
+            )
+        )
+        ids = [
+            str(
+                await conn.fetchval(
+                    "INSERT INTO files (dataset_id, version_id, bucket, key, uri) "
+                    "VALUES ($1, $2, 'b', $3, 's3://b/' || $3) RETURNING id",
+                    dataset,
+                    version,
+                    f"d/{n}.jpg",
+                )
+            )
+            for n in range(5)
+        ]
+        for name, connection in (("in_milvus", "milvus"), ("in_pgvector", "pgvector")):
+            await conn.execute(
+                "INSERT INTO embedding_indexes (name, dataset_id, model_connection, model_id, model_version, "
+                "vector_store_connection, vector_fields) VALUES ($1, $2, 'm', 'm', '1', $3, '[]')",
+                name,
+                dataset,
+                connection,
+            )
+    pgvector_default = PgVectorCatalogueSearch(catalogue_pool, default_kind="pgvector")
+    milvus_default = PgVectorCatalogueSearch(catalogue_pool, default_kind="milvus")
+    assert await pgvector_default.serves("in_pgvector")
+    assert await milvus_default.serves("in_pgvector")
+    assert not await pgvector_default.serves("in_milvus")
+    assert await pgvector_default.serves("unregistered")
+    assert not await milvus_default.serves("unregistered")
+
+    store = PgVectorStore(catalogue_pool)
+    index = f"one_{unique_name}"
+    await store.ensure_index(IndexSchema(index, [VectorField("v", 2)]))
+    await store.upsert(index, [VectorRow(i, version, "e", {"v": [1.0, n / 10]}) for n, i in enumerate(ids)])
+    # The last file has no vector: it is a candidate but never a hit.
+    await store.delete(index, ids[4:])
+    request = VectorRequest(index, "v", [1.0, 0.0], top_k=3)
+    in_d = CatalogueFilter(version, TextMatch(TextAttribute.DIRECTORY, TextMatchMode.EXACT, "d"))
+    hits = await pgvector_default.exact_top_k(request, in_d, 5)
+    assert hits is not None
+    assert [hit.file_id for hit in hits] == ids[:3]
+    assert hits[0].score == pytest.approx(1.0)
+    assert await pgvector_default.exact_top_k(request, in_d, 4) is None
+    threshold = VectorRequest(index, "v", [1.0, 0.0], top_k=3, score_threshold=0.99)
+    assert [hit.file_id for hit in await pgvector_default.exact_top_k(threshold, in_d, 5) or []] == ids[:2]
+    nothing = CatalogueFilter(version, TextMatch(TextAttribute.DIRECTORY, TextMatchMode.EXACT, "e"))
+    assert await pgvector_default.exact_top_k(request, nothing, 5) == []
+
+    # The filtered ANN walk: top_k passing rows, or None when it comes back short.
+    walked = await pgvector_default.filtered_top_k(request, in_d, breadth=40)
+    assert [hit.file_id for hit in walked or []] == ids[:3]
+    not_first = CatalogueFilter(version, Not(TextMatch(TextAttribute.NAME, TextMatchMode.EXACT, "0.jpg")))
+    walked = await pgvector_default.filtered_top_k(request, not_first, breadth=40)
+    assert [hit.file_id for hit in walked or []] == ids[1:4]
+    four_rows = VectorRequest(index, "v", [1.0, 0.0], top_k=5)
+    assert await pgvector_default.filtered_top_k(four_rows, in_d, breadth=40) is None
+    assert await pgvector_default.filtered_top_k(request, nothing, breadth=40) is None
+
+
+async def test_row_estimates_follow_the_statistics_and_are_cached_per_filter(
+    catalogue_pool: asyncpg.Pool,
+) -> None:
+    async with catalogue_pool.acquire() as conn:
+        dataset = await conn.fetchval("INSERT INTO datasets (name, bucket) VALUES ('est', 'b') RETURNING id")
+        version = str(
+            await conn.fetchval(
+                "INSERT INTO dataset_versions (dataset_id, number) VALUES ($1, 1) RETURNING id", dataset
+            )
+        )
+        await conn.execute(
+            "INSERT INTO files (dataset_id, version_id, bucket, key, uri, width) "
+            "SELECT $1, $2, 'b', 'k' || n, 's3://b/k' || n, CASE WHEN n % 10 = 0 THEN 1920 ELSE 320 END "
+            "FROM generate_series(1, 5000) AS n",
+            dataset,
+            version,
+        )
+        await conn.execute("ANALYZE files")
+    wide = CatalogueFilter(version, Compare(OrderedAttribute.WIDTH, Comparison.GE, 1024))
+    narrow = CatalogueFilter(version, Compare(OrderedAttribute.WIDTH, Comparison.LT, 1024))
+    cached = PostgresCatalogue(catalogue_pool, estimate_ttl_s=3600)
+    # PostgreSQL's estimate with these values: about 500 and 4,500 files.
+    assert 300 <= await cached.estimated_matches(wide) <= 700
+    assert 4000 <= await cached.estimated_matches(narrow) <= 5000
+    async with catalogue_pool.acquire() as conn:
+        await conn.execute("UPDATE files SET width = 1920")
+        await conn.execute("ANALYZE files")
+    assert 300 <= await cached.estimated_matches(wide) <= 700
+    assert await PostgresCatalogue(catalogue_pool, estimate_ttl_s=0).estimated_matches(wide) >= 4500

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -45,8 +46,14 @@ class Migration:
         return hashlib.sha256(self.sql.encode()).hexdigest()
 
 
-async def create_pool(settings: DatabaseSettings) -> asyncpg.Pool:
-    """An asyncpg pool; create it in the app lifespan, never at import."""
+async def create_pool(
+    settings: DatabaseSettings, *, server_settings: Mapping[str, str] | None = None
+) -> asyncpg.Pool:
+    """An asyncpg pool; create it in the app lifespan, never at import.
+
+    ``server_settings``: session settings every connection of the pool starts
+    with (e.g. a service's planner costs), sent with the connection request.
+    """
     password = settings.password.get_secret_value() if settings.password else None
     pool = await asyncpg.create_pool(
         settings.url,
@@ -54,6 +61,7 @@ async def create_pool(settings: DatabaseSettings) -> asyncpg.Pool:
         min_size=settings.pool_min_size,
         max_size=settings.pool_max_size,
         command_timeout=settings.command_timeout_s,
+        server_settings=dict(server_settings) if server_settings else None,
     )
     assert pool is not None  # asyncpg types it Optional for the `await` form only
     return pool

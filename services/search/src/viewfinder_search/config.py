@@ -5,7 +5,9 @@ from __future__ import annotations
 from pydantic import Field, SecretStr
 from pydantic_settings import SettingsConfigDict
 
+from viewfinder_common.connections.settings import ConnectionSettings
 from viewfinder_common.settings import ServiceSettings
+from viewfinder_common.vectorstore import DEFAULT_SEARCH_BREADTH
 from viewfinder_common.vectorstore.factory import VectorStoreSettings
 
 
@@ -22,6 +24,9 @@ class SearchSettings(ServiceSettings):
     # Where indexes live (VIEWFINDER_VECTORSTORE_*): pgvector in the catalogue's
     # PostgreSQL (sharing the service's pool), or Milvus.
     vectorstore: VectorStoreSettings = Field(default_factory=VectorStoreSettings)
+    # An index in a database connection stored through ConnectionService (a
+    # dataset switched to it) opens with the connection store's key, as in the embedder.
+    connections: ConnectionSettings = Field(default_factory=ConnectionSettings)
     # HMAC key of page tokens. Set the same value on every replica so that a
     # token from one replica works on the next; unset, each process draws a
     # random key (fine for one replica, tokens die with the process).
@@ -35,13 +40,18 @@ class SearchSettings(ServiceSettings):
     exact_candidate_floor: int = Field(default=500, ge=0)
     exact_candidate_limit: int = Field(default=20_000, ge=0)
     ann_cost_ratio: float = Field(default=10.0, gt=0)
-    # Planner: the first filtered ANN request asks for top_k x this many.
-    overfetch_factor: int = Field(default=4, ge=1)
+    # Planner: the first filtered ANN request asks for top_k / the estimated pass
+    # rate x estimate_margin neighbours, and at least top_k x overfetch_factor.
+    estimate_margin: float = Field(default=1.5, ge=1.0)
+    overfetch_factor: int = Field(default=2, ge=1)
     # Planner: ANN requests never ask for more neighbours; past it, exact scan.
     max_overfetch: int = Field(default=16_384, ge=1)
     # Planner: HNSW search breadth per neighbour requested, and its minimum.
-    breadth_factor: int = Field(default=4, ge=1)
-    min_search_breadth: int = Field(default=64, ge=1)
+    breadth_factor: int = Field(default=3, ge=1)
+    min_search_breadth: int = Field(default=DEFAULT_SEARCH_BREADTH, ge=1)
+    # Planner: the largest breadth the vector store honours (pgvector: 1,000);
+    # filters that would need more take the exact path up to exact_candidate_limit.
+    max_search_breadth: int = Field(default=1000, ge=1)
     # Planner: widening asks for what the observed pass rate needs, times this.
     widen_margin: float = Field(default=2.0, ge=1.0)
     # Facets: most tag counts returned.

@@ -4,19 +4,24 @@ from __future__ import annotations
 
 import asyncio
 import secrets
+from contextlib import AsyncExitStack
 
+import asyncpg
 import grpc
 
 from viewfinder.v1 import search_pb2, search_pb2_grpc
 from viewfinder_common.app import Resources, ServiceParts, run_service
+from viewfinder_common.db import create_pool
 from viewfinder_common.logging import get_logger
 from viewfinder_common.runtime import run_until_signalled
 from viewfinder_common.s3 import s3_client
 from viewfinder_common.vectorstore import VectorStore
-from viewfinder_common.vectorstore.factory import create_vector_store
-from viewfinder_search.adapters.catalogue import PostgresCatalogue
+from viewfinder_common.vectorstore.factory import create_vector_store, stored_vector_store_opener
+from viewfinder_search.adapters.catalogue import SERVER_SETTINGS, PostgresCatalogue
 from viewfinder_search.adapters.embedder import EmbedServiceClient
+from viewfinder_search.adapters.pgvector_catalogue import PgVectorCatalogueSearch
 from viewfinder_search.adapters.previews import S3PreviewSigner
+from viewfinder_search.adapters.vector_stores import IndexRoutedVectorStore
 from viewfinder_search.config import SearchSettings
 from viewfinder_search.domain.engine import Searcher
 from viewfinder_search.domain.page_token import PageTokenCodec
@@ -32,9 +37,11 @@ def planner_settings(settings: SearchSettings) -> PlannerSettings:
         exact_candidate_floor=settings.exact_candidate_floor,
         exact_candidate_limit=settings.exact_candidate_limit,
         ann_cost_ratio=settings.ann_cost_ratio,
+        estimate_margin=settings.estimate_margin,
         overfetch_factor=settings.overfetch_factor,
         breadth_factor=settings.breadth_factor,
         min_search_breadth=settings.min_search_breadth,
+        max_search_breadth=settings.max_search_breadth,
         widen_margin=settings.widen_margin,
         max_overfetch=settings.max_overfetch,
     )
@@ -48,9 +55,21 @@ def page_token_codec(settings: SearchSettings) -> PageTokenCodec:
     return PageTokenCodec(secrets.token_bytes(32))
 
 
-async def open_vector_store(settings: SearchSettings, resources: Resources) -> VectorStore:
-    """The configured vector store, closed with the process."""
-    store = await create_vector_store(settings.vectorstore, pool=resources.pool)
+async def open_search_pool(settings: SearchSettings, exit_stack: AsyncExitStack) -> asyncpg.Pool:
+    """The catalogue pool of searches: connections with search's planner settings, closed with the process."""
+    pool = await create_pool(settings.db, server_settings=SERVER_SETTINGS)
+    exit_stack.push_async_callback(pool.close)
+    return pool
+
+
+async def open_vector_store(
+    settings: SearchSettings, resources: Resources, pool: asyncpg.Pool
+) -> VectorStore:
+    """The configured vector store (pgvector shares ``pool``), and the stores other indexes live in
+    (a dataset switched to another store), closed with the process."""
+    configured = await create_vector_store(settings.vectorstore, pool=pool)
+    opener = stored_vector_store_opener(pool, settings.connections, settings.vectorstore)
+    store = IndexRoutedVectorStore(configured, settings=settings.vectorstore, pool=pool, open_stored=opener)
     resources.exit_stack.push_async_callback(store.close)
     return store
 
@@ -62,10 +81,14 @@ async def build(resources: Resources) -> ServiceParts:
     channel = grpc.aio.insecure_channel(settings.embedder_target)
     resources.exit_stack.push_async_callback(channel.close)
     s3 = await resources.exit_stack.enter_async_context(s3_client(settings.s3))
+    pool = await open_search_pool(settings, resources.exit_stack)
+    store = await open_vector_store(settings, resources, pool)
     searcher = Searcher(
-        catalogue=PostgresCatalogue(resources.pool),
+        catalogue=PostgresCatalogue(pool),
         embedder=EmbedServiceClient(channel, deadline_s=settings.embed_deadline_s),
-        vector_store=await open_vector_store(settings, resources),
+        vector_store=store,
+        # Indexes in pgvector share the pool: their exact pre-filter is one statement there.
+        catalogue_vectors=PgVectorCatalogueSearch(pool, default_kind=settings.vectorstore.kind),
         signer=S3PreviewSigner(s3, ttl_s=settings.preview_url_ttl_s),
         page_tokens=page_token_codec(settings),
         planner=planner_settings(settings),

@@ -18,6 +18,7 @@ from viewfinder_common.vectorstore import VectorHit, VectorStore
 from viewfinder_search.domain.page_token import PageCursor, PageTokenCodec
 from viewfinder_search.domain.planner import (
     CandidateCatalogue,
+    CatalogueVectorSearch,
     PlannerSettings,
     Strategy,
     VectorRequest,
@@ -114,14 +115,18 @@ class Searcher:
         signer: PreviewSigner | None,
         page_tokens: PageTokenCodec,
         planner: PlannerSettings,
+        catalogue_vectors: CatalogueVectorSearch | None = None,
         facet_tag_limit: int = 100,
     ) -> None:
+        """``catalogue_vectors``: the exact pre-filter in one statement, when the
+        vectors live in the catalogue's database (pgvector)."""
         self._catalogue = catalogue
         self._embedder = embedder
         self._store = vector_store
         self._signer = signer
         self._tokens = page_tokens
         self._planner = planner
+        self._catalogue_vectors = catalogue_vectors
         self._facet_tag_limit = facet_tag_limit
 
     async def search(self, spec: SearchSpec) -> SearchOutcome:
@@ -182,6 +187,7 @@ class Searcher:
             ),
             catalogue_filter,
             self._planner,
+            catalogue_vectors=self._catalogue_vectors,
         )
         hits = planned.hits
         hit_ids = [hit.file_id for hit in hits]

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -60,17 +59,3 @@ class FacetRecord:
 
     matched_files: int
     tag_counts: list[TagCountRecord]
-
-
-def tags_in_effect(rows: Sequence[tuple[TagRecord, bool]]) -> list[TagRecord]:
-    """The tags in effect among ``(tag row, removed)`` pairs (migration 0003's rules).
-
-    A user row is in effect unless removed; an AI row unless removed or hidden
-    by a removed user row of the same file and tag name.
-    """
-    hidden = {(tag.file_id, tag.name) for tag, removed in rows if removed and tag.source == "user"}
-    return [
-        tag
-        for tag, removed in rows
-        if not removed and (tag.source == "user" or (tag.file_id, tag.name) not in hidden)
-    ]

@@ -11,11 +11,11 @@ complement (``NOT Width > 100`` finds files of unknown width too). That form,
 unlike ``(...) IS TRUE``, keeps PostgreSQL's selectivity estimates (measured:
 ``IS TRUE`` made it expect 374 rows instead of 52,544 and pick a nested loop).
 
-Tags in effect follow migration 0003: a user row is in effect unless removed;
-an AI row unless removed or hidden by a removed user row of the same tag. The
-hiding is written as an anti-join (``NOT EXISTS`` on the file and the tag
-name), which the partial index of migration 0005 answers without scanning
-``file_tags``.
+Tags in effect follow migration 0003 through ``viewfinder_common.tags_sql``
+(shared with the exporter): a user row is in effect unless removed; an AI row
+unless removed or hidden by a removed user row of the same tag. The hiding is
+written as an anti-join (``NOT EXISTS`` on the file and the tag name), which
+the partial index of migration 0005 answers without scanning ``file_tags``.
 """
 
 # S608 flags every f-string that looks like SQL. Here the f-strings only join
@@ -28,6 +28,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 
+from viewfinder_common.tags_sql import (
+    TAGS_IN_EFFECT_BY_FILE,
+    TagSource,
+    removed_user_tag_exists,
+    tag_in_effect,
+)
 from viewfinder_search.domain.conditions import (
     AllOf,
     AnyOf,
@@ -80,21 +86,16 @@ _PRESENT = {
 }
 
 
-# A removed user row hiding tag row ``alias`` (same file, same tag name).
-def _hidden_by_user(alias: str) -> str:
-    return (
-        f"EXISTS (SELECT 1 FROM file_tags hidden WHERE hidden.file_id = {alias}.file_id "
-        f"AND hidden.tag = {alias}.tag AND hidden.source = 'user' AND hidden.removed)"
-    )
+_SCOPE_SOURCE: dict[TagSourceScope, TagSource | None] = {
+    TagSourceScope.ALL: None,
+    TagSourceScope.AI: "ai",
+    TagSourceScope.USER: "user",
+}
 
 
 def effective_tag_predicate(alias: str, scope: TagSourceScope) -> str:
     """SQL over ``file_tags <alias>`` true for tag rows in effect from ``scope``."""
-    if scope is TagSourceScope.USER:
-        return f"({alias}.source = 'user' AND NOT {alias}.removed)"
-    if scope is TagSourceScope.AI:
-        return f"({alias}.source = 'ai' AND NOT {alias}.removed AND NOT {_hidden_by_user(alias)})"
-    return f"(NOT {alias}.removed AND ({alias}.source = 'user' OR NOT {_hidden_by_user(alias)}))"
+    return tag_in_effect(alias, _SCOPE_SOURCE[scope])
 
 
 @dataclass
@@ -183,11 +184,7 @@ def _has_named_tag(scope: TagSourceScope, name: str, value: str | None, params: 
     if scope is TagSourceScope.USER:
         return sql
     # A removed user row hides the AI row, and a user row that is removed is no tag at all.
-    hidden = (
-        f"EXISTS (SELECT 1 FROM file_tags hidden WHERE hidden.file_id = f.id AND hidden.tag = {placeholder} "
-        "AND hidden.source = 'user' AND hidden.removed)"
-    )
-    return f"({sql} AND NOT {hidden})"
+    return f"({sql} AND NOT {removed_user_tag_exists('f.id', placeholder)})"
 
 
 @dataclass(frozen=True)
@@ -214,6 +211,13 @@ def matching_ids_sql(catalogue_filter: CatalogueFilter, file_ids: Sequence[str])
     ids = params.add(list(file_ids), "uuid[]")
     where = catalogue_filter.where(params)
     return f"SELECT f.id FROM files f WHERE f.id = ANY({ids}) AND {where}", params.values
+
+
+def estimate_sql(catalogue_filter: CatalogueFilter) -> tuple[str, list[object]]:
+    """The plan (JSON) of reading the matching files: PostgreSQL's row estimate, no rows read."""
+    params = SqlParameters()
+    where = catalogue_filter.where(params)
+    return f"EXPLAIN (FORMAT JSON) SELECT 1 FROM files f WHERE {where}", params.values
 
 
 def candidate_ids_sql(catalogue_filter: CatalogueFilter, limit: int) -> tuple[str, list[object]]:
@@ -279,13 +283,8 @@ def files_by_ids_sql(file_ids: Sequence[str]) -> tuple[str, list[object]]:
 
 
 def tags_by_file_sql(file_ids: Sequence[str]) -> tuple[str, list[object]]:
-    """Every tag row of these files, removed ones too (``effective_tags`` resolves them)."""
-    sql = (
-        "SELECT t.file_id, t.tag, t.value, t.source, t.removed, t.confidence, t.model, t.definition_id, "
-        "t.definition_version FROM file_tags t WHERE t.file_id = ANY($1::uuid[]) "
-        "ORDER BY t.file_id, t.tag, t.source"
-    )
-    return sql, [list(file_ids)]
+    """The tags in effect on these files, ordered by file, tag and source."""
+    return TAGS_IN_EFFECT_BY_FILE, [list(file_ids)]
 
 
 def facet_sql(
@@ -301,16 +300,12 @@ def facet_sql(
     if file_ids is not None:
         where = f"{where} AND f.id = ANY({params.add(list(file_ids), 'uuid[]')})"
     bound = params.add(tag_limit, "bigint")
-    # Rows in effect: not removed, and no removed user row of the same tag (a
-    # user row that is not removed cannot meet a removed one: one row per source).
     sql = (
         f"WITH matching AS MATERIALIZED (SELECT f.id FROM files f WHERE {where}), "
         "counts AS ("
         "SELECT t.tag, t.value, count(DISTINCT t.file_id) AS n FROM file_tags t "
         "JOIN matching m ON m.id = t.file_id "
-        "LEFT JOIN file_tags hidden ON hidden.file_id = t.file_id AND hidden.tag = t.tag "
-        "AND hidden.source = 'user' AND hidden.removed "
-        "WHERE NOT t.removed AND hidden.file_id IS NULL "
+        f"WHERE {tag_in_effect('t')} "
         f"GROUP BY t.tag, t.value ORDER BY n DESC, t.tag, t.value LIMIT {bound}) "
         "SELECT NULL::text AS tag, NULL::text AS value, (SELECT count(*) FROM matching) AS n, 0 AS part "
         "UNION ALL SELECT tag, value, n, 1 AS part FROM counts "
