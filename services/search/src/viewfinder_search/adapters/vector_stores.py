@@ -12,12 +12,11 @@ the configured store.
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Awaitable, Callable, Sequence
 
 import asyncpg
 
-from viewfinder_common.errors import FailedPrecondition
+from viewfinder_common.errors import FailedPrecondition, NotFound
 from viewfinder_common.vectorstore import (
     IndexSchema,
     VectorFilter,
@@ -26,11 +25,8 @@ from viewfinder_common.vectorstore import (
     VectorRow,
     VectorStore,
 )
-from viewfinder_common.vectorstore.factory import VectorStoreSettings, create_vector_store
-
-# Adapter kinds search opens with its own settings (as the embedder does); any
-# other name is a database connection stored through ConnectionService.
-OWN_KINDS = frozenset({"pgvector", "milvus"})
+from viewfinder_common.vectorstore.factory import VectorStoreSettings
+from viewfinder_common.vectorstore.registry import VectorStoreRegistry
 
 
 class IndexRoutedVectorStore:
@@ -45,13 +41,11 @@ class IndexRoutedVectorStore:
         open_stored: Callable[[str], Awaitable[VectorStore]] | None = None,
     ) -> None:
         self._default = default
-        self._settings = settings
         self._pool = pool
-        self._open_stored = open_stored
-        self._own = OWN_KINDS | {settings.kind}
-        self._stores: dict[str, VectorStore] = {settings.kind: default}
+        self._stores = VectorStoreRegistry(
+            settings, pool, stored=open_stored, opened={settings.kind: default}
+        )
         self._index_stores: dict[str, str] = {}
-        self._lock = asyncio.Lock()
 
     async def _store(self, index: str) -> VectorStore:
         connection = self._index_stores.get(index)
@@ -62,24 +56,12 @@ class IndexRoutedVectorStore:
             if connection is None:
                 return self._default
             self._index_stores[index] = connection
-        store = self._stores.get(connection)
-        if store is not None:
-            return store
-        if connection not in self._own and self._open_stored is None:
+        try:
+            return await self._stores.store(connection)
+        except NotFound:
             raise FailedPrecondition(
                 f"index {index!r} lives in vector store {connection!r}, which search cannot open"
-            )
-        async with self._lock:
-            store = self._stores.get(connection)
-            if store is None:
-                if connection in self._own:
-                    kind_settings = self._settings.model_copy(update={"kind": connection})
-                    store = await create_vector_store(kind_settings, pool=self._pool)
-                else:
-                    assert self._open_stored is not None
-                    store = await self._open_stored(connection)
-                self._stores[connection] = store
-        return store
+            ) from None
 
     async def ensure_index(self, schema: IndexSchema) -> None:
         """Creates or validates the index in its store."""
@@ -103,5 +85,4 @@ class IndexRoutedVectorStore:
 
     async def close(self) -> None:
         """Closes every store opened, the configured one included."""
-        for store in self._stores.values():
-            await store.close()
+        await self._stores.close()
