@@ -25,6 +25,7 @@ from typing import Any
 import asyncpg
 
 from viewfinder_common.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
+from viewfinder_common.tags_sql import tag_in_effect
 from viewfinder_tagger.domain.answers import ValidatedTag
 from viewfinder_tagger.domain.definitions import (
     DefinitionContent,
@@ -206,16 +207,12 @@ _DEFINITION_SELECT = """
     FROM tag_definitions d JOIN tag_definition_versions v ON v.definition_id = d.id
 """
 
-_TAGS_IN_EFFECT = """
-    SELECT t.tag, t.value, t.source, t.confidence, t.model, t.definition_id, t.definition_version
-    FROM file_tags t
-    WHERE t.file_id = $1 AND NOT t.removed
-      AND ($2::text IS NULL OR t.source = $2)
-      AND (t.source = 'user' OR NOT EXISTS (
-            SELECT 1 FROM file_tags u
-            WHERE u.file_id = t.file_id AND u.tag = t.tag AND u.source = 'user' AND u.removed))
-    ORDER BY t.tag, t.source
-"""
+# The file's ($1) tags in effect, of one source ($2) or all (NULL).
+_TAGS_IN_EFFECT = (
+    "SELECT t.tag, t.value, t.source, t.confidence, t.model, t.definition_id, t.definition_version "  # noqa: S608 (constants only)
+    f"FROM file_tags t WHERE t.file_id = $1 AND ($2::text IS NULL OR t.source = $2) AND {tag_in_effect('t')} "
+    "ORDER BY t.tag, t.source"
+)
 
 _JOB_COLUMNS = """
     id, mode, state, dataset_id, version_id, params::text AS params, counts::text AS counts, error,
