@@ -66,6 +66,8 @@ INDEX = "bench_search"
 SELECTIVITY = {"sel1": 0.01, "sel10": 0.10, "sel50": 0.50}
 WIDTHS = (320, 640, 1024, 1920)
 TOP_K = 10
+# Last-modified time of file 0; file i was modified i seconds later.
+EPOCH = datetime(2025, 1, 1, tzinfo=UTC)
 
 
 @dataclass
@@ -101,7 +103,7 @@ def make_fixture(count: int, clusters: int, seed: int) -> tuple[Fixture, np.ndar
 
 
 async def load(pool: asyncpg.Pool, store: PgVectorStore, fixture: Fixture) -> None:
-    epoch = datetime(2025, 1, 1, tzinfo=UTC)
+    epoch = EPOCH
     async with pool.acquire() as conn:
         dataset_id = await conn.fetchval(
             "INSERT INTO datasets (name, bucket) VALUES ('bench', 'bench') RETURNING id"
@@ -354,6 +356,24 @@ async def report(
     )
     dsl = 'Tags.all="sel10" AND Width >= 640 AND FileType="JPEG" AND Content:"bench" AND TopK=10'
     dsl_mask = fixture.tags["sel10"] & (fixture.widths >= 640) & fixture.jpeg
+    # The issue's example, over this fixture: a time range (file i was modified
+    # at epoch + i s) keeping about half the files, a directory token match
+    # (every key is img/NNNNNNN.jpg), a name exclusion, a boolean tag
+    # expression (no user tags: always true) and HAS Tags.ai; about 28 % pass.
+    half = fixture.vectors.shape[0] // 2
+    upper = (EPOCH + timedelta(seconds=half)).isoformat().replace("+00:00", "Z")
+    issue_dsl = (
+        f'(FileUpdateTime > "2025-01-01T00:05:00Z" AND FileUpdateTime < "{upper}") '
+        'AND FileDir:"img" AND NOT FileName="0000400.jpg" '
+        'AND ((Tags.all="sel10" AND Tags.all="sel50") OR NOT Tags.user="sel1") AND HAS Tags.ai'
+    )
+    position = np.arange(fixture.vectors.shape[0])
+    issue_mask = (
+        (position > 300)
+        & (position < half)
+        & (position != 400)
+        & (fixture.tags["sel1"] | fixture.tags["sel10"] | fixture.tags["sel50"])
+    )
 
     def service(query_text: str) -> Runner:
         async def run(query: np.ndarray) -> tuple[list[str], Strategy | None]:
@@ -379,6 +399,7 @@ async def report(
             for tag, rate in SELECTIVITY.items()
         ),
         ("DSL: tag 10% + width + format (planner)", planned(parse_query(dsl).condition), dsl_mask),
+        ("DSL: the issue's example shape (planner)", planned(parse_query(issue_dsl).condition), issue_mask),
         ("pure vector (SearchService, DSL + results)", service('Content:"bench" AND TopK=10'), None),
         ("DSL tag 10% + width + format (SearchService)", service(dsl), dsl_mask),
     ]

@@ -43,6 +43,10 @@ async def test_example_filter_without_the_semantic_part(search_stack: SearchStac
         ('FileDir="data/red_car"', {"red"}),
         ('FileDir="data/red_car/"', {"red"}),
         ('FileDir:"CAR"', ACTIVE_V1 - {"top"}),
+        # Token match: _ and % are plain characters ("_" would match the "/" otherwise).
+        ('FileDir:"ue_car"', {"honda", "toyota", "old", "rainy", "dry", "noai", "hidden"}),
+        ('FileDir:"data_red"', set()),
+        ('FileDir:"red%"', set()),
         ('FileType="png"', {"rainy", "dry", "noai", "hidden"}),
         ("NOT HAS FileType", {"top"}),
         ("NOT HAS FileDir", {"top"}),

@@ -27,6 +27,7 @@ from viewfinder_search.domain.sql import (
     SqlParameters,
     compile_condition,
     facet_sql,
+    like_escape,
     page_sql,
 )
 
@@ -55,7 +56,9 @@ def test_every_value_is_a_numbered_parameter_and_never_in_the_text() -> None:
     # Numbered in order of first use; a tag name is used twice (semi- and anti-join).
     assert list(dict.fromkeys(numbers)) == list(range(1, len(params.values) + 1))
     assert params.values[0] == VERSION
-    assert params.values.count(HOSTILE) == 5
+    assert params.values.count(HOSTILE) == 4
+    # The token match travels as an escaped LIKE pattern, still a parameter.
+    assert f"%{HOSTILE}%" in params.values
     assert ["x'); drop table files; --", "png"] in params.values
 
 
@@ -103,3 +106,12 @@ def test_facet_sql_narrows_to_the_vector_result() -> None:
     sql, values = facet_sql(CatalogueFilter(VERSION, MATCH_ALL), ["00000000-0000-4000-8000-000000000001"], 50)
     assert "f.id = ANY($2::uuid[])" in sql
     assert values == [VERSION, ["00000000-0000-4000-8000-000000000001"], 50]
+
+
+def test_token_match_is_an_escaped_like_pattern() -> None:
+    params = SqlParameters()
+    sql = compile_condition(TextMatch(TextAttribute.DIRECTORY, TextMatchMode.CONTAINS, "50%_off\\x"), params)
+    # The expression is exactly the one migration 0011 indexes.
+    assert sql == "(lower(regexp_replace(f.key, '/?[^/]*$', '')) LIKE lower($1::text))"
+    assert params.values == ["%50\\%\\_off\\\\x%"]
+    assert like_escape("a_b%c\\d") == "a\\_b\\%c\\\\d"

@@ -164,12 +164,21 @@ class PgVectorCatalogueSearch:
             if not self._iterative_scan:
                 return None
             ef_search = max(min(breadth, MAX_EF_SEARCH), request.top_k)
-            async with conn.transaction():
-                # Local to this transaction; ef_search is an int computed here, never caller text.
-                await conn.execute(
-                    f"SET LOCAL hnsw.ef_search = {int(ef_search)}; SET LOCAL hnsw.iterative_scan = relaxed_order"
-                )
+            # Local to this transaction; ef_search is an int computed here, never caller
+            # text. BEGIN and the SET LOCALs travel as one message: three round trips
+            # instead of four, as in the pgvector adapter.
+            await conn.execute(
+                f"BEGIN; SET LOCAL hnsw.ef_search = {int(ef_search)}; "
+                "SET LOCAL hnsw.iterative_scan = relaxed_order"
+            )
+            try:
                 rows = await conn.fetch(sql, *params)
+            except Exception:
+                # (On cancellation the pool's release rolls back instead.)
+                if not conn.is_closed():
+                    await conn.execute("ROLLBACK")
+                raise
+            await conn.execute("COMMIT")
         if rows[0]["counted"] < request.top_k:
             return None
         return _hits(rows)
