@@ -41,7 +41,6 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import aioboto3
 import aiohttp
 import asyncpg
 import grpc
@@ -50,6 +49,7 @@ from pydantic import SecretStr
 
 from viewfinder.v1 import common_pb2, labeling_pb2, labeling_pb2_grpc
 from viewfinder_common.db import migrate
+from viewfinder_common.s3 import s3_session
 from viewfinder_common.settings import DatabaseSettings, KafkaSettings, S3Settings
 from viewfinder_common.testing.fake_vlm import DEFAULT_PALETTE
 from viewfinder_tagger.adapters.openai_vlm import OpenAIChatModel
@@ -192,13 +192,7 @@ async def bench_label_job(base_url: str, images: list[bytes], concurrency: int) 
     await admin.execute(f'CREATE DATABASE "{name}"')
     db_url = f"{base}/{name}"
     s3_settings = S3Settings()
-    session = aioboto3.Session(
-        aws_access_key_id=s3_settings.access_key_id.get_secret_value() if s3_settings.access_key_id else None,
-        aws_secret_access_key=(
-            s3_settings.secret_access_key.get_secret_value() if s3_settings.secret_access_key else None
-        ),
-        region_name=s3_settings.region,
-    )
+    session = s3_session(s3_settings)
     bucket = name.replace("_", "-")
     try:
         conn = await asyncpg.connect(db_url)

@@ -43,7 +43,6 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
-import aioboto3
 import asyncpg
 import grpc
 from aiokafka import AIOKafkaProducer
@@ -53,6 +52,7 @@ from PIL import Image
 from viewfinder.v1 import common_pb2, events_pb2, labeling_pb2, labeling_pb2_grpc
 from viewfinder_common.db import migrate
 from viewfinder_common.events import encode_event
+from viewfinder_common.s3 import s3_session
 from viewfinder_common.settings import DatabaseSettings, KafkaSettings, S3Settings
 from viewfinder_common.testing.kafka import create_topics
 from viewfinder_tagger.adapters.catalogue import Catalogue
@@ -328,13 +328,7 @@ async def main_async(args: argparse.Namespace) -> None:
     await admin.execute(f'CREATE DATABASE "{name}"')
     db_url = f"{db.url.rpartition('/')[0]}/{name}"
     s3_settings = S3Settings()
-    session = aioboto3.Session(
-        aws_access_key_id=s3_settings.access_key_id.get_secret_value() if s3_settings.access_key_id else None,
-        aws_secret_access_key=(
-            s3_settings.secret_access_key.get_secret_value() if s3_settings.secret_access_key else None
-        ),
-        region_name=s3_settings.region,
-    )
+    session = s3_session(s3_settings)
     bucket = name.replace("_", "-")
     embedder: subprocess.Popen[bytes] | None = None
     try:

@@ -13,7 +13,6 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-import aioboto3
 import asyncpg
 import grpc
 import pytest
@@ -24,6 +23,7 @@ from pydantic import SecretStr
 from typing_extensions import override
 
 from viewfinder.v1 import embedding_pb2, embedding_pb2_grpc, labeling_pb2, labeling_pb2_grpc
+from viewfinder_common.s3 import s3_session
 from viewfinder_common.settings import DatabaseSettings, KafkaSettings, S3Settings
 from viewfinder_common.testing.fake_vlm import DEFAULT_PALETTE, FakeVLMServer
 from viewfinder_common.testing.kafka import create_topics, free_port, read_topic
@@ -94,13 +94,7 @@ async def fake_vlm() -> AsyncIterator[FakeVLMServer]:
 async def s3_bucket(unique_name: str) -> AsyncIterator[tuple[Any, str]]:
     """(client, bucket): a fresh bucket on the S3 API server, emptied and removed afterwards."""
     settings = S3Settings()
-    session = aioboto3.Session(
-        aws_access_key_id=settings.access_key_id.get_secret_value() if settings.access_key_id else None,
-        aws_secret_access_key=settings.secret_access_key.get_secret_value()
-        if settings.secret_access_key
-        else None,
-        region_name=settings.region,
-    )
+    session = s3_session(settings)
     bucket = unique_name.replace("_", "-")
     async with session.client("s3", endpoint_url=settings.endpoint_url) as s3:
         await s3.create_bucket(Bucket=bucket)
