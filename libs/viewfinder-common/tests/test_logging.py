@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Iterator
 
 import pytest
-import structlog
 
 from viewfinder_common.logging import configure_logging, get_logger, redact_text
 
@@ -31,18 +29,6 @@ def test_redact_text_masks_credentials(text: str, secret: str) -> None:
 def test_redact_text_keeps_ordinary_text() -> None:
     text = "listed 1000 keys under s3://bucket/cars/ in 0.4 s"
     assert redact_text(text) == text
-
-
-@pytest.fixture
-def isolated_logging() -> Iterator[None]:
-    """configure_logging changes process-wide state; restore it afterwards."""
-    root = logging.getLogger()
-    handlers, level = root.handlers[:], root.level
-    yield
-    root.handlers[:] = handlers
-    root.setLevel(level)
-    structlog.reset_defaults()
-    structlog.contextvars.clear_contextvars()
 
 
 @pytest.mark.usefixtures("isolated_logging")

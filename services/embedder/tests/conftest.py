@@ -10,10 +10,9 @@ from __future__ import annotations
 import asyncio
 import io
 import json
-import logging
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,7 +22,6 @@ import asyncpg
 import grpc
 import numpy as np
 import pytest
-import structlog
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from PIL import Image, ImageDraw
 
@@ -193,18 +191,6 @@ class RunningEmbedder:
                 )
         finally:
             await producer.stop()
-
-
-@pytest.fixture
-def isolated_logging() -> Iterator[None]:
-    """The service configures process-wide logging; restore it afterwards."""
-    root = logging.getLogger()
-    handlers, level = root.handlers[:], root.level
-    yield
-    root.handlers[:] = handlers
-    root.setLevel(level)
-    structlog.reset_defaults()
-    structlog.contextvars.clear_contextvars()
 
 
 EmbedderStarter = Callable[..., AbstractAsyncContextManager[RunningEmbedder]]

@@ -19,10 +19,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import io
-import logging
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -30,7 +29,6 @@ import asyncpg
 import grpc
 import numpy as np
 import pytest
-import structlog
 from google.protobuf.field_mask_pb2 import FieldMask
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from PIL import Image, ImageDraw
@@ -67,18 +65,6 @@ TERMINAL = {common_pb2.JOB_STATE_SUCCEEDED, common_pb2.JOB_STATE_FAILED, common_
 def offline_model() -> OfflineEmbeddingModel:
     """The offline model, loaded once for this module's embedder runs."""
     return OfflineEmbeddingModel.load(default_model_cache_dir())
-
-
-@pytest.fixture
-def isolated_logging() -> Iterator[None]:
-    """The services configure process-wide logging; restore it afterwards."""
-    root = logging.getLogger()
-    handlers, level = root.handlers[:], root.level
-    yield
-    root.handlers[:] = handlers
-    root.setLevel(level)
-    structlog.reset_defaults()
-    structlog.contextvars.clear_contextvars()
 
 
 def picture(seed: int) -> bytes:

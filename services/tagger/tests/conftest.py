@@ -7,7 +7,7 @@ import io
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -16,7 +16,6 @@ from typing import Any
 import asyncpg
 import grpc
 import pytest
-import structlog
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from PIL import Image
 from pydantic import SecretStr
@@ -274,18 +273,6 @@ class _LineCollector(logging.Handler):
 
     def emit(self, record: logging.LogRecord) -> None:
         self.lines.append(self.format(record))
-
-
-@pytest.fixture
-def isolated_logging() -> Iterator[None]:
-    """The service configures process-wide logging; restore it afterwards."""
-    root = logging.getLogger()
-    handlers, level = root.handlers[:], root.level
-    yield
-    root.handlers[:] = handlers
-    root.setLevel(level)
-    structlog.reset_defaults()
-    structlog.contextvars.clear_contextvars()
 
 
 TaggerStarter = Callable[..., AbstractAsyncContextManager[RunningTagger]]
