@@ -366,30 +366,12 @@ class PgVectorStore:
         return _hits(rows)
 
     async def _fetch_with_hnsw_settings(self, conn: Any, ef_search: int, sql: str, args: list[Any]) -> Any:
-        """Runs ``sql`` in a transaction whose HNSW settings are local to it.
-
-        BEGIN and the SET LOCALs travel as one simple-protocol message: three
-        round trips in all instead of four (measured: ~0.15 ms each on loopback,
-        a fifth of a small query). ``ef_search`` is an int computed here, never
-        caller text; the settings vanish with the transaction, so a pool shared
-        with other code is left as it was.
-        """
+        """``fetch_with_hnsw_settings``, with iterative scan where the server has it."""
         if self._iterative_scan is None:
-            version = await conn.fetchval("SELECT extversion FROM pg_extension WHERE extname = 'vector'")
-            self._iterative_scan = _version_tuple(version or "0") >= (0, 8)
-        settings = f"SET LOCAL hnsw.ef_search = {int(ef_search)};"
-        if self._iterative_scan:
-            settings += " SET LOCAL hnsw.iterative_scan = relaxed_order;"
-        await conn.execute(f"BEGIN; {settings}")
-        try:
-            rows = await conn.fetch(sql, *args)
-        except Exception:
-            # (On cancellation the pool's release rolls back instead.)
-            if not conn.is_closed():
-                await conn.execute("ROLLBACK")
-            raise
-        await conn.execute("COMMIT")
-        return rows
+            self._iterative_scan = await has_iterative_scan(conn)
+        return await fetch_with_hnsw_settings(
+            conn, sql, args, ef_search=ef_search, iterative_scan=self._iterative_scan
+        )
 
     async def count(self, index: str, filter: VectorFilter | None = None) -> int:
         """Rows in the index, optionally only those of one version (and file ids)."""
@@ -444,3 +426,35 @@ def _hits(rows: Sequence[Any]) -> list[VectorHit]:
         for row in rows
         if row["file_id"] is not None
     ]
+
+
+async def has_iterative_scan(conn: Any) -> bool:
+    """Whether the database's pgvector has ``hnsw.iterative_scan`` (0.8 and later)."""
+    version = await conn.fetchval("SELECT extversion FROM pg_extension WHERE extname = 'vector'")
+    return _version_tuple(version or "0") >= (0, 8)
+
+
+async def fetch_with_hnsw_settings(
+    conn: Any, sql: str, args: Sequence[Any], *, ef_search: int, iterative_scan: bool
+) -> Any:
+    """Runs ``sql`` in a transaction whose HNSW settings (``hnsw.ef_search`` and, with
+    ``iterative_scan``, pgvector 0.8's ``hnsw.iterative_scan = relaxed_order``) are local to it.
+
+    BEGIN and the SET LOCALs travel as one simple-protocol message: three round
+    trips in all instead of four (measured: ~0.15 ms each on loopback, a fifth
+    of a small query). ``ef_search`` is an int, never caller text; the settings
+    vanish with the transaction, so a pool shared with other code is left as it was.
+    """
+    settings = f"SET LOCAL hnsw.ef_search = {int(ef_search)};"
+    if iterative_scan:
+        settings += " SET LOCAL hnsw.iterative_scan = relaxed_order;"
+    await conn.execute(f"BEGIN; {settings}")
+    try:
+        rows = await conn.fetch(sql, *args)
+    except Exception:
+        # (On cancellation the pool's release rolls back instead.)
+        if not conn.is_closed():
+            await conn.execute("ROLLBACK")
+        raise
+    await conn.execute("COMMIT")
+    return rows

@@ -39,7 +39,11 @@ from typing import Any, Final
 import asyncpg
 
 from viewfinder_common.vectorstore import IndexNotFound, VectorHit, validate_field_name
-from viewfinder_common.vectorstore.pgvector import MAX_EF_SEARCH
+from viewfinder_common.vectorstore.pgvector import (
+    MAX_EF_SEARCH,
+    fetch_with_hnsw_settings,
+    has_iterative_scan,
+)
 from viewfinder_common.vectorstore.postgres_sql import quote_ident, table_name
 from viewfinder_search.domain.planner import VectorRequest
 from viewfinder_search.domain.sql import CatalogueFilter, SqlParameters
@@ -158,27 +162,11 @@ class PgVectorCatalogueSearch:
         sql, params = filtered_ann_sql(request, catalogue_filter)
         async with self._connection(request.index) as conn:
             if self._iterative_scan is None:
-                version = await conn.fetchval("SELECT extversion FROM pg_extension WHERE extname = 'vector'")
-                parts = [int(part) if part.isdigit() else 0 for part in (version or "0").split(".")]
-                self._iterative_scan = tuple(parts) >= (0, 8)
+                self._iterative_scan = await has_iterative_scan(conn)
             if not self._iterative_scan:
                 return None
             ef_search = max(min(breadth, MAX_EF_SEARCH), request.top_k)
-            # Local to this transaction; ef_search is an int computed here, never caller
-            # text. BEGIN and the SET LOCALs travel as one message: three round trips
-            # instead of four, as in the pgvector adapter.
-            await conn.execute(
-                f"BEGIN; SET LOCAL hnsw.ef_search = {int(ef_search)}; "
-                "SET LOCAL hnsw.iterative_scan = relaxed_order"
-            )
-            try:
-                rows = await conn.fetch(sql, *params)
-            except Exception:
-                # (On cancellation the pool's release rolls back instead.)
-                if not conn.is_closed():
-                    await conn.execute("ROLLBACK")
-                raise
-            await conn.execute("COMMIT")
+            rows = await fetch_with_hnsw_settings(conn, sql, params, ef_search=ef_search, iterative_scan=True)
         if rows[0]["counted"] < request.top_k:
             return None
         return _hits(rows)
