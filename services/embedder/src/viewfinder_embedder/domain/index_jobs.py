@@ -27,11 +27,10 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Protocol
 
-from google.protobuf.timestamp_pb2 import Timestamp
-
 from viewfinder.v1 import events_pb2
 from viewfinder_common.errors import DomainError
 from viewfinder_common.logging import get_logger, redact_text
+from viewfinder_common.timestamps import to_timestamp
 from viewfinder_common.vectorstore import VectorRow, VectorStore
 from viewfinder_embedder.domain.file_embedder import FileEmbedder, ImageSource
 from viewfinder_embedder.domain.indexes import IndexDirectory
@@ -400,7 +399,5 @@ def _as_discovered(job: IndexJob, file: VersionFile) -> events_pb2.FileDiscovere
         change_type=UPSERT,
     )
     if file.last_modified is not None:
-        stamp = Timestamp()
-        stamp.FromDatetime(file.last_modified)
-        event.last_modified.CopyFrom(stamp)
+        event.last_modified.CopyFrom(to_timestamp(file.last_modified))
     return event

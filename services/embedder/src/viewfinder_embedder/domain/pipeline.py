@@ -32,12 +32,11 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Protocol
 
-from google.protobuf.timestamp_pb2 import Timestamp
-
 from viewfinder.v1 import events_pb2
 from viewfinder_common.errors import DomainError
 from viewfinder_common.events import MalformedEvent, decode_event
 from viewfinder_common.logging import get_logger
+from viewfinder_common.timestamps import to_timestamp
 from viewfinder_common.vectorstore import IndexNotFound, VectorRow, VectorStore
 from viewfinder_embedder.domain.file_embedder import FileEmbedder, ImageSource
 from viewfinder_embedder.domain.indexes import IndexDirectory, canonical_dataset_id
@@ -122,8 +121,7 @@ def file_embedded_event(
     job_id: str = "",
 ) -> events_pb2.FileEmbedded:
     """The FileEmbedded event for a file whose vectors were written or removed."""
-    event_time = Timestamp()
-    event_time.FromDatetime(now)
+    event_time = to_timestamp(now)
     event = events_pb2.FileEmbedded(
         event_id=str(uuid.uuid4()),
         dataset_id=discovered.dataset_id,

@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-from datetime import datetime
 from typing import Any
-
-from google.protobuf.timestamp_pb2 import Timestamp
 
 from viewfinder.v1 import common_pb2, embedding_pb2, embedding_pb2_grpc
 from viewfinder_common.errors import InvalidArgument, NotFound
+from viewfinder_common.timestamps import to_timestamp
 from viewfinder_embedder.domain.index_jobs import IndexJob, JobMode, JobState
 from viewfinder_embedder.domain.indexes import IndexDirectory, canonical_dataset_id
 from viewfinder_embedder.domain.job_requests import IndexJobService, StartIndexJob
@@ -34,14 +32,6 @@ _STATES = {
     JobState.FAILED: common_pb2.JOB_STATE_FAILED,
     JobState.CANCELLED: common_pb2.JOB_STATE_CANCELLED,
 }
-
-
-def _timestamp(value: datetime | None) -> Timestamp | None:
-    if value is None:
-        return None
-    stamp = Timestamp()
-    stamp.FromDatetime(value)
-    return stamp
 
 
 def _model(identity: ModelIdentity) -> embedding_pb2.ModelInfo:
@@ -71,7 +61,7 @@ def index_to_proto(index: IndexRecord, row_count: int) -> embedding_pb2.Index:
         ],
         row_count=row_count,
         active=index.active,
-        create_time=_timestamp(index.create_time),
+        create_time=to_timestamp(index.create_time),
     )
 
 
@@ -99,14 +89,14 @@ def job_to_proto(job: IndexJob) -> embedding_pb2.IndexJob:
             error=job.error,
             recent_errors=[
                 common_pb2.ItemError(
-                    file_id=f.file_id, uri=f.uri, reason=f.reason, occur_time=_timestamp(f.occur_time)
+                    file_id=f.file_id, uri=f.uri, reason=f.reason, occur_time=to_timestamp(f.occur_time)
                 )
                 for f in job.recent_errors
             ],
-            create_time=_timestamp(job.create_time),
-            start_time=_timestamp(job.start_time),
-            update_time=_timestamp(job.update_time),
-            end_time=_timestamp(job.end_time),
+            create_time=to_timestamp(job.create_time),
+            start_time=to_timestamp(job.start_time),
+            update_time=to_timestamp(job.update_time),
+            end_time=to_timestamp(job.end_time),
             resume_count=job.resume_count,
         ),
         index_name=job.index_name,

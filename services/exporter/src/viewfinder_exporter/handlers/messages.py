@@ -2,11 +2,8 @@
 
 from __future__ import annotations
 
-from datetime import datetime
-
-from google.protobuf.timestamp_pb2 import Timestamp
-
 from viewfinder.v1 import common_pb2, dataset_pb2, export_pb2
+from viewfinder_common.timestamps import to_timestamp
 from viewfinder_exporter.adapters.jobs import ExportJobRecord
 from viewfinder_exporter.adapters.logical import ItemRecord, LogicalDatasetRecord, LogicalVersionRecord
 from viewfinder_exporter.domain.jobs import JobState
@@ -20,15 +17,6 @@ _JOB_STATES = {
     JobState.CANCELLED: common_pb2.JOB_STATE_CANCELLED,
 }
 _TAG_SOURCES = {"ai": common_pb2.TAG_SOURCE_AI, "user": common_pb2.TAG_SOURCE_USER}
-
-
-def timestamp(moment: datetime | None) -> Timestamp | None:
-    """A Timestamp, or None to leave the field unset."""
-    if moment is None:
-        return None
-    stamp = Timestamp()
-    stamp.FromDatetime(moment)
-    return stamp
 
 
 def job_state(job: ExportJobRecord) -> common_pb2.JobState.ValueType:
@@ -57,10 +45,10 @@ def export_job_message(job: ExportJobRecord) -> export_pb2.ExportJob:
                 skipped_items=counts.skipped_items,
             ),
             error=job.error,
-            create_time=timestamp(job.created_at),
-            start_time=timestamp(job.started_at),
-            update_time=timestamp(job.updated_at),
-            end_time=timestamp(job.finished_at) if job.state.terminal else None,
+            create_time=to_timestamp(job.created_at),
+            start_time=to_timestamp(job.started_at),
+            update_time=to_timestamp(job.updated_at),
+            end_time=to_timestamp(job.finished_at) if job.state.terminal else None,
             resume_count=job.resume_count,
         ),
         counts=export_pb2.ExportCounts(
@@ -95,8 +83,8 @@ def logical_dataset_message(record: LogicalDatasetRecord) -> export_pb2.LogicalD
         description=record.description,
         latest_version=record.latest_version,
         version_count=record.version_count,
-        create_time=timestamp(record.created_at),
-        update_time=timestamp(record.updated_at),
+        create_time=to_timestamp(record.created_at),
+        update_time=to_timestamp(record.updated_at),
     )
 
 
@@ -111,7 +99,7 @@ def logical_version_message(record: LogicalVersionRecord) -> export_pb2.LogicalD
         item_count=record.item_count,
         export_job_id=record.export_job_id,
         checksum=record.checksum,
-        create_time=timestamp(record.created_at),
+        create_time=to_timestamp(record.created_at),
     )
 
 
@@ -141,7 +129,7 @@ def file_message(record: ExportRecord) -> dataset_pb2.File:
         key=record.key,
         size=record.size,
         etag=record.etag,
-        last_modified=timestamp(record.last_modified),
+        last_modified=to_timestamp(record.last_modified),
         format=record.format,
         width=record.width,
         height=record.height,

@@ -9,11 +9,11 @@ from datetime import UTC, datetime
 from typing import Any
 
 from faststream.kafka import KafkaBroker
-from google.protobuf.timestamp_pb2 import Timestamp
 
 from viewfinder.v1 import events_pb2
 from viewfinder_common.events import encode_event, event_headers
 from viewfinder_common.kafka import send_to_dead_letter
+from viewfinder_common.timestamps import to_timestamp
 from viewfinder_ingest.domain.models import ChangeType, DiscoveredChange
 from viewfinder_ingest.domain.ports import DeadLetter
 
@@ -45,7 +45,7 @@ def to_file_discovered(change: DiscoveredChange, now: datetime | None = None) ->
     )
     event.event_time.FromDatetime(now or datetime.now(UTC))
     if change.last_modified is not None:
-        event.last_modified.CopyFrom(_timestamp(change.last_modified))
+        event.last_modified.CopyFrom(to_timestamp(change.last_modified))
     info = change.info
     if info is not None and change.change_type is ChangeType.UPSERT:
         event.format = info.format or ""
@@ -54,12 +54,6 @@ def to_file_discovered(change: DiscoveredChange, now: datetime | None = None) ->
         event.frames = info.frames or 0
         event.mode = info.mode or ""
     return event
-
-
-def _timestamp(moment: datetime) -> Timestamp:
-    stamp = Timestamp()
-    stamp.FromDatetime(moment)
-    return stamp
 
 
 class KafkaEventPublisher:

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-from datetime import datetime
 from typing import Any
 
 from google.protobuf import json_format
 from google.protobuf.message import Message
-from google.protobuf.timestamp_pb2 import Timestamp
 
 from viewfinder.v1 import common_pb2, dataset_pb2
+from viewfinder_common.timestamps import to_timestamp
 from viewfinder_ingest.domain.models import (
     CatalogueFile,
     Dataset,
@@ -41,14 +40,6 @@ JOB_MODE_FROM_PROTO = {
 _JOB_MODE = {mode: proto for proto, mode in JOB_MODE_FROM_PROTO.items()}
 
 
-def _timestamp(moment: datetime | None) -> Timestamp | None:
-    if moment is None:
-        return None
-    stamp = Timestamp()
-    stamp.FromDatetime(moment)
-    return stamp
-
-
 def settings_to_dict(message: Message) -> dict[str, Any]:
     """A settings sub-message as stored (proto field names, defaults left out)."""
     return json_format.MessageToDict(message, preserving_proto_field_name=True)
@@ -65,8 +56,8 @@ def dataset_to_proto(dataset: Dataset) -> dataset_pb2.Dataset:
         prefix=dataset.prefix,
         content_type=dataset_pb2.CONTENT_TYPE_IMAGE,
         latest_version=dataset.latest_version,
-        create_time=_timestamp(dataset.created_at),
-        update_time=_timestamp(dataset.updated_at),
+        create_time=to_timestamp(dataset.created_at),
+        update_time=to_timestamp(dataset.updated_at),
     )
     json_format.ParseDict(dataset.labeling, message.labeling, ignore_unknown_fields=True)
     json_format.ParseDict(dataset.indexing, message.indexing, ignore_unknown_fields=True)
@@ -84,8 +75,8 @@ def version_to_proto(version: DatasetVersion) -> dataset_pb2.DatasetVersion:
         active_file_count=version.active_file_count,
         file_count=version.file_count,
         last_sync_job_id=version.last_sync_job_id,
-        create_time=_timestamp(version.created_at),
-        update_time=_timestamp(version.updated_at),
+        create_time=to_timestamp(version.created_at),
+        update_time=to_timestamp(version.updated_at),
     )
 
 
@@ -100,7 +91,7 @@ def file_to_proto(row: CatalogueFile) -> dataset_pb2.File:
         key=row.key,
         size=row.size,
         etag=row.etag,
-        last_modified=_timestamp(row.last_modified),
+        last_modified=to_timestamp(row.last_modified),
         format=row.format or "",
         width=row.width or 0,
         height=row.height or 0,
@@ -108,8 +99,8 @@ def file_to_proto(row: CatalogueFile) -> dataset_pb2.File:
         mode=row.mode or "",
         status=_FILE_STATUS[row.status],
         error=row.error or "",
-        create_time=_timestamp(row.created_at),
-        update_time=_timestamp(row.updated_at),
+        create_time=to_timestamp(row.created_at),
+        update_time=to_timestamp(row.updated_at),
     )
 
 
@@ -146,14 +137,14 @@ def sync_job_to_proto(job: SyncJob) -> dataset_pb2.SyncJob:
                 file_id=item.file_id,
                 uri=item.uri,
                 reason=item.reason,
-                occur_time=_timestamp(item.occurred_at),
+                occur_time=to_timestamp(item.occurred_at),
             )
             for item in job.recent_errors
         ],
-        create_time=_timestamp(job.created_at),
-        start_time=_timestamp(job.started_at),
-        update_time=_timestamp(job.updated_at),
-        end_time=_timestamp(job.finished_at)
+        create_time=to_timestamp(job.created_at),
+        start_time=to_timestamp(job.started_at),
+        update_time=to_timestamp(job.updated_at),
+        end_time=to_timestamp(job.finished_at)
         if job.state not in {JobState.PENDING, JobState.RUNNING}
         else None,
         resume_count=job.resume_count,

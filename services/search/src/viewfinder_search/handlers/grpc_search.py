@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-from datetime import datetime
-
 import grpc
 from google.protobuf import any_pb2
-from google.protobuf.timestamp_pb2 import Timestamp
 from google.rpc import status_pb2  # type: ignore[import-untyped]  # ships .pyi without py.typed
 
 from viewfinder.v1 import common_pb2, dataset_pb2, search_pb2, search_pb2_grpc
 from viewfinder_common.logging import get_logger
+from viewfinder_common.timestamps import to_timestamp
 from viewfinder_search.domain.dsl import QueryError
 from viewfinder_search.domain.engine import ResultItem, Searcher, SearchOutcome
 from viewfinder_search.domain.records import FileRecord, TagRecord
@@ -30,14 +28,6 @@ _FILE_STATUS = {
 _TAG_SOURCE = {"ai": common_pb2.TAG_SOURCE_AI, "user": common_pb2.TAG_SOURCE_USER}
 
 
-def _timestamp(moment: datetime | None) -> Timestamp | None:
-    if moment is None:
-        return None
-    stamp = Timestamp()
-    stamp.FromDatetime(moment)
-    return stamp
-
-
 def file_message(record: FileRecord) -> dataset_pb2.File:
     """The File message of a catalogue row."""
     return dataset_pb2.File(
@@ -49,7 +39,7 @@ def file_message(record: FileRecord) -> dataset_pb2.File:
         key=record.key,
         size=record.size,
         etag=record.etag,
-        last_modified=_timestamp(record.last_modified),
+        last_modified=to_timestamp(record.last_modified),
         format=record.format or "",
         width=record.width or 0,
         height=record.height or 0,
@@ -57,8 +47,8 @@ def file_message(record: FileRecord) -> dataset_pb2.File:
         mode=record.mode or "",
         status=_FILE_STATUS.get(record.status, dataset_pb2.FILE_STATUS_UNSPECIFIED),
         error=record.error or "",
-        create_time=_timestamp(record.created_at),
-        update_time=_timestamp(record.updated_at),
+        create_time=to_timestamp(record.created_at),
+        update_time=to_timestamp(record.updated_at),
     )
 
 
@@ -85,7 +75,7 @@ def result_message(item: ResultItem) -> search_pb2.SearchResult:
         tags=[tag_message(tag) for tag in item.tags],
         file=file_message(item.file),
         preview_url=item.preview_url,
-        preview_url_expire_time=_timestamp(item.preview_expires),
+        preview_url_expire_time=to_timestamp(item.preview_expires),
     )
     if item.score is not None:
         result.score = item.score

@@ -8,14 +8,13 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Sequence
-from datetime import datetime
 
 import grpc
-from google.protobuf.timestamp_pb2 import Timestamp
 from typing_extensions import override
 
 from viewfinder.v1 import common_pb2, labeling_pb2, labeling_pb2_grpc
 from viewfinder_common.errors import InvalidArgument
+from viewfinder_common.timestamps import to_timestamp
 from viewfinder_tagger.adapters.catalogue import (
     SOURCE_AI,
     SOURCE_USER,
@@ -72,14 +71,6 @@ _SELECTION_MESSAGES = {
 }
 
 
-def _timestamp(value: datetime | None) -> Timestamp | None:
-    if value is None:
-        return None
-    stamp = Timestamp()
-    stamp.FromDatetime(value)
-    return stamp
-
-
 def _page_size(requested: int) -> int:
     if requested == 0:
         return DEFAULT_PAGE_SIZE
@@ -131,7 +122,7 @@ def definition_message(definition: TagDefinition) -> labeling_pb2.TagDefinition:
             )
             for g in content.groups
         ],
-        create_time=_timestamp(definition.created_at),
+        create_time=to_timestamp(definition.created_at),
     )
 
 
@@ -159,14 +150,14 @@ def job_message(job: JobRecord) -> labeling_pb2.LabelJob:
             error=job.error,
             recent_errors=[
                 common_pb2.ItemError(
-                    file_id=e.file_id, uri=e.uri, reason=e.reason, occur_time=_timestamp(e.occurred_at)
+                    file_id=e.file_id, uri=e.uri, reason=e.reason, occur_time=to_timestamp(e.occurred_at)
                 )
                 for e in counts.recent_errors
             ],
-            create_time=_timestamp(job.created_at),
-            start_time=_timestamp(job.started_at),
-            update_time=_timestamp(job.updated_at),
-            end_time=_timestamp(job.finished_at),
+            create_time=to_timestamp(job.created_at),
+            start_time=to_timestamp(job.started_at),
+            update_time=to_timestamp(job.updated_at),
+            end_time=to_timestamp(job.finished_at),
             resume_count=counts.resume_count,
         ),
         tag_definition_id=job.params.definition_id,
