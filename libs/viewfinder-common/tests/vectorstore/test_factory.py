@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import AsyncIterator
 from urllib.parse import urlsplit
 
@@ -55,15 +56,13 @@ async def test_factory_opens_and_closes_its_own_pool(
 async def test_factory_reads_kind_and_milvus_settings_from_the_environment(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    # The running stack's Milvus (stack.env), which need not be on the default port.
+    milvus_uri = os.environ.get("VIEWFINDER_MILVUS_URI", "http://127.0.0.1:19530")
     monkeypatch.setenv("VIEWFINDER_VECTORSTORE_KIND", "milvus")
     monkeypatch.setenv("VIEWFINDER_VECTORSTORE_UPSERT_BATCH_SIZE", "64")
-    monkeypatch.setenv("VIEWFINDER_MILVUS_URI", "http://127.0.0.1:19530")
+    monkeypatch.setenv("VIEWFINDER_MILVUS_URI", milvus_uri)
     settings = VectorStoreSettings()
-    assert (settings.kind, settings.upsert_batch_size, settings.milvus.uri) == (
-        "milvus",
-        64,
-        "http://127.0.0.1:19530",
-    )
+    assert (settings.kind, settings.upsert_batch_size, settings.milvus.uri) == ("milvus", 64, milvus_uri)
     store = await create_vector_store(settings)
     assert isinstance(store, MilvusVectorStore)
     try:
