@@ -24,6 +24,17 @@ from viewfinder_common.vectorstore.milvus import MilvusVectorStore
 from viewfinder_common.vectorstore.pgvector import PgVectorStore
 
 
+@pytest.fixture
+async def pool(catalogue_db_url: str) -> AsyncIterator[asyncpg.Pool]:
+    """A pool on a fresh catalogue database."""
+    pool = await asyncpg.create_pool(catalogue_db_url, min_size=1, max_size=3)
+    assert pool is not None
+    try:
+        yield pool
+    finally:
+        await pool.close()
+
+
 @dataclass
 class Backend:
     """One adapter under test and what the tests need around it."""

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-from collections.abc import AsyncIterator
 from urllib.parse import urlsplit
 
 import asyncpg
@@ -21,16 +20,6 @@ from viewfinder_common.vectorstore.milvus import MilvusVectorStore
 from viewfinder_common.vectorstore.pgvector import PgVectorStore
 
 pytestmark = pytest.mark.stack
-
-
-@pytest.fixture
-async def pool(catalogue_db_url: str) -> AsyncIterator[asyncpg.Pool]:
-    pool = await asyncpg.create_pool(catalogue_db_url, min_size=1, max_size=2)
-    assert pool is not None
-    try:
-        yield pool
-    finally:
-        await pool.close()
 
 
 async def test_factory_builds_pgvector_on_a_shared_pool_by_default(pool: asyncpg.Pool) -> None:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator
 from typing import Any
 
 import asyncpg
@@ -21,16 +20,6 @@ from viewfinder_common.vectorstore import (
 from viewfinder_common.vectorstore.pgvector import PgVectorStore, search_sql
 
 pytestmark = pytest.mark.stack
-
-
-@pytest.fixture
-async def pool(catalogue_db_url: str) -> AsyncIterator[asyncpg.Pool]:
-    pool = await asyncpg.create_pool(catalogue_db_url, min_size=1, max_size=3)
-    assert pool is not None
-    try:
-        yield pool
-    finally:
-        await pool.close()
 
 
 def rows_of(vectors: Any, versions: list[str]) -> list[VectorRow]:

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-
 import asyncpg
 import pytest
 
@@ -15,16 +13,6 @@ from viewfinder_common.vectorstore.pgvector import PgVectorStore
 from viewfinder_common.vectorstore.registry import VectorStoreRegistry
 
 pytestmark = pytest.mark.stack
-
-
-@pytest.fixture
-async def pool(catalogue_db_url: str) -> AsyncIterator[asyncpg.Pool]:
-    pool = await asyncpg.create_pool(catalogue_db_url, min_size=1, max_size=2)
-    assert pool is not None
-    try:
-        yield pool
-    finally:
-        await pool.close()
 
 
 class _Recorded(PgVectorStore):
