@@ -9,7 +9,7 @@ tests never see each other's data.
 from __future__ import annotations
 
 import logging
-import os
+import sys
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -22,20 +22,12 @@ from viewfinder_common.db import migrate
 from viewfinder_common.settings import DatabaseSettings
 
 REPO = Path(__file__).resolve().parent
+sys.path.insert(0, str(REPO))
 
+from deploy.local.stack import load_env  # noqa: E402 - needs the repo root on sys.path
 
-def _load_stack_env() -> None:
-    """Lets a bare `pytest` find a running stack without sourcing stack.env by hand."""
-    env_file = REPO / ".local" / "stack.env"
-    if not env_file.exists():
-        return
-    for line in env_file.read_text().splitlines():
-        if "=" in line and not line.lstrip().startswith("#"):
-            key, value = line.split("=", 1)
-            os.environ.setdefault(key.strip(), value.strip())
-
-
-_load_stack_env()
+# Lets a bare `pytest` find a running stack without sourcing stack.env by hand.
+load_env()
 
 
 @pytest.fixture

@@ -47,15 +47,9 @@ from viewfinder_embedder.domain.decode import DecodedImage, decode_image
 from viewfinder_embedder.main import serve
 
 REPO = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(REPO))
 
-
-def _load_stack_env() -> None:
-    env_file = REPO / ".local" / "stack.env"
-    if env_file.exists():
-        for line in env_file.read_text().splitlines():
-            if "=" in line and not line.lstrip().startswith("#"):
-                key, value = line.split("=", 1)
-                os.environ.setdefault(key.strip(), value.strip())
+from deploy.local.stack import load_env  # noqa: E402 - needs the repo root on sys.path
 
 
 def synthetic_image(seed: int, fmt: str, size: tuple[int, int]) -> bytes:
@@ -315,7 +309,7 @@ def main() -> int:
     parser.add_argument("--store", choices=["pgvector", "milvus"], default="pgvector")
     parser.add_argument("--batch", type=int, default=256, help="records per consumed batch")
     args = parser.parse_args()
-    _load_stack_env()
+    load_env()
     return asyncio.run(main_async(args))
 
 

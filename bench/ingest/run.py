@@ -33,7 +33,6 @@ import asyncio
 import contextlib
 import io
 import json
-import os
 import sys
 import time
 import uuid
@@ -65,18 +64,12 @@ from viewfinder_ingest.handlers.storage_events import storage_events_router
 from viewfinder_ingest.main import assemble
 
 REPO = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(REPO))
+
+from deploy.local.stack import load_env  # noqa: E402 - needs the repo root on sys.path
+
 SYNC_PREFIX = "bench/"
 NOTIFY_PREFIX = "notify/"
-
-
-def load_stack_env() -> None:
-    """Reads ``.local/stack.env`` (written by ``make up``) unless the variables are set."""
-    env_file = REPO / ".local" / "stack.env"
-    if env_file.exists():
-        for line in env_file.read_text().splitlines():
-            key, sep, value = line.partition("=")
-            if sep and not line.lstrip().startswith("#"):
-                os.environ.setdefault(key.strip(), value.strip())
 
 
 def tiny_images() -> list[bytes]:
@@ -247,7 +240,7 @@ async def timed(
 
 
 async def main(args: argparse.Namespace) -> None:
-    load_stack_env()
+    load_env()
     configure_logging("bench-ingest", "WARNING", json=False)
     run = uuid.uuid4().hex[:8]
     bucket = args.bucket or f"bench-ingest-{run}"

@@ -31,7 +31,6 @@ import asyncio
 import base64
 import io
 import logging
-import os
 import socket
 import subprocess
 import sys
@@ -60,15 +59,9 @@ from viewfinder_tagger.main import serve
 
 API_KEY = "bench-key"
 REPO = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(REPO))
 
-
-def _load_stack_env() -> None:
-    env_file = REPO / ".local" / "stack.env"
-    if env_file.exists():
-        for line in env_file.read_text().splitlines():
-            if "=" in line and not line.lstrip().startswith("#"):
-                key, value = line.split("=", 1)
-                os.environ.setdefault(key.strip(), value.strip())
+from deploy.local.stack import load_env  # noqa: E402 - needs the repo root on sys.path
 
 
 def _images(count: int) -> list[bytes]:
@@ -355,7 +348,7 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=16, help="max concurrency C")
     parser.add_argument("--images", type=int, default=320, help="images per measurement")
     args = parser.parse_args()
-    _load_stack_env()
+    load_env()
     logging.basicConfig(level=logging.WARNING)
     asyncio.run(main_async(args))
 

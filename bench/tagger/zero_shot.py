@@ -36,6 +36,7 @@ import random
 import socket
 import statistics
 import subprocess
+import sys
 import sysconfig
 import time
 import uuid
@@ -61,6 +62,10 @@ from viewfinder_tagger.domain.definitions import DefinitionContent, TagSpec
 from viewfinder_tagger.main import serve
 
 REPO = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(REPO))
+
+from deploy.local.stack import load_env  # noqa: E402 - needs the repo root on sys.path
+
 OPENCLIPART = Path("/usr/share/openclipart/png")
 CATEGORIES = ("animals", "food", "people", "plants", "tools", "transportation", "buildings", "office")
 TERMINAL = {common_pb2.JOB_STATE_SUCCEEDED, common_pb2.JOB_STATE_FAILED, common_pb2.JOB_STATE_CANCELLED}
@@ -73,15 +78,6 @@ MODES = {
 }
 # Below the embedder's max_image_pixels (100 M), with room for PNG palettes.
 MAX_PIXELS = 50_000_000
-
-
-def _load_stack_env() -> None:
-    env_file = REPO / ".local" / "stack.env"
-    if env_file.exists():
-        for line in env_file.read_text().splitlines():
-            if "=" in line and not line.lstrip().startswith("#"):
-                key, value = line.split("=", 1)
-                os.environ.setdefault(key.strip(), value.strip())
 
 
 def _free_port() -> int:
@@ -426,7 +422,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=5)
     parser.add_argument("--rounds", type=int, default=2, help="rounds of every measurement")
     args = parser.parse_args()
-    _load_stack_env()
+    load_env()
     logging.basicConfig(level=logging.WARNING)
     asyncio.run(main_async(args))
 

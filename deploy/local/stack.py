@@ -46,7 +46,7 @@ import subprocess
 import sys
 import sysconfig
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, MutableMapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -841,6 +841,18 @@ async def status(cfg: StackConfig) -> bool:
         where = f"{HOST}:{server.port}" if server.port else ""
         print(f"  {name:<9} {state:<10} {f'pid {pid}' if pid else '':<11} {where}")
     return all_up
+
+
+def load_env(env: MutableMapping[str, str] = os.environ) -> None:
+    """Adds the running stack's settings (its stack.env, written by ``up``) to ``env``;
+    variables already set win. Lets tests and benchmarks find a stack without sourcing the file."""
+    env_file = StackConfig.from_env(env).env_file
+    if not env_file.exists():
+        return
+    for line in env_file.read_text().splitlines():
+        key, sep, value = line.partition("=")
+        if sep and not line.lstrip().startswith("#"):
+            env.setdefault(key.strip(), value.strip())
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -11,11 +11,10 @@ from __future__ import annotations
 import os
 import uuid
 from dataclasses import dataclass
-from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[2]
+from deploy.local.stack import StackConfig, load_env
 
 
 @dataclass(frozen=True)
@@ -33,21 +32,12 @@ class StackAddresses:
     storage_events_topic: str
 
 
-def _read_env_file(path: Path) -> dict[str, str]:
-    values: dict[str, str] = {}
-    for line in path.read_text().splitlines():
-        key, sep, value = line.partition("=")
-        if sep and not line.lstrip().startswith("#"):
-            values[key.strip()] = value.strip()
-    return values
-
-
 @pytest.fixture(scope="session")
 def stack() -> StackAddresses:
     """The running stack; fails (not skips) when it is not up, so a missing stack is seen."""
-    env_file = Path(os.environ.get("VF_STACK_DIR") or REPO / ".local") / "stack.env"
-    values = _read_env_file(env_file) if env_file.exists() else {}
-    values.update({key: value for key, value in os.environ.items() if key.startswith("VIEWFINDER_")})
+    values = dict(os.environ)
+    load_env(values)
+    env_file = StackConfig.from_env(values).env_file
     try:
         return StackAddresses(
             kafka_bootstrap=values["VIEWFINDER_KAFKA_BOOTSTRAP_SERVERS"],
