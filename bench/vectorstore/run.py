@@ -47,7 +47,7 @@ from viewfinder_common.vectorstore import (
     VectorStore,
 )
 from viewfinder_common.vectorstore.milvus import MilvusVectorStore, filter_expression
-from viewfinder_common.vectorstore.pgvector import PgVectorStore
+from viewfinder_common.vectorstore.pgvector import HNSW_EF_CONSTRUCTION, HNSW_M, PgVectorStore
 
 
 @dataclass(frozen=True)
@@ -187,7 +187,9 @@ async def bench_pgvector(data: Data, top_k: int) -> None:
                 await conn.execute("ANALYZE vf_index_bench")  # what autovacuum does after a bulk load
 
         rate = await load(store, "bench", data, analyze)
-        print(f"pgvector load (HNSW m=16, ef_construction=64): {rate:,.0f} vectors/s")
+        print(
+            f"pgvector load (HNSW m={HNSW_M}, ef_construction={HNSW_EF_CONSTRUCTION}): {rate:,.0f} vectors/s"
+        )
 
         # The baseline: one hand-written statement on its own connection, same ef_search.
         raw_conn = await asyncpg.connect(url)
