@@ -126,6 +126,9 @@ class PlannerSettings:
     # 384-d: ef 100 / 300 / 600 took 5.3 / 9.6 / 16.9 ms on the shared bench
     # machine) while the recall of a 10 % filter's top-10 among 150-300
     # neighbours was 0.94 / 0.97 / 0.98 at ef 300 / 500 / 600 (bench/search).
+    # With the graph built at ef_construction 128, factor 2 kept a 10 % tag at
+    # recall 0.963-0.968 but a ~5 % DSL filter at 0.949-0.952 (100k, two data
+    # seeds), factor 3 at 0.978 and 0.970-0.973; at 1M both factors gave 0.998.
     breadth_factor: int = 3
     # Smallest ANN search breadth asked for: never narrower than the store's
     # plain top-k query (a 50 % filter asks for only ~30 neighbours).
@@ -135,7 +138,9 @@ class PlannerSettings:
     # exact path up to exact_candidate_limit files, whatever the break-even:
     # past its breadth the ANN loses recall (measured at 1M x 384-d: a 1 % tag,
     # 1,500 neighbours at ef 1,000, recall@10 0.84 in 137 ms; exact over its
-    # 10,000 files, recall 1.0 in 123 ms).
+    # 10,000 files, recall 1.0 in 123 ms; after the ef_construction 128 build and
+    # with the working set in shared_buffers: the filtered walk 38-49 ms at
+    # recall 0.87-0.90 for ef 100-1,000, exact 97 ms at 1.0).
     max_search_breadth: int = 1000
     # Widening asks for what the pass rate seen so far says top_k needs, times this.
     widen_margin: float = 2.0
