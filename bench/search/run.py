@@ -21,8 +21,8 @@ Before measuring, every table and index is read into shared_buffers
 shared_buffers at a quarter of the machine's memory (``VF_PG_SHARED_BUFFERS``).
 
 Loading writes the rows first and builds the HNSW graph once at the end
-(measured on the 2-core dev machine: 100k in 40 s, 1M in 13 min, 9.5 of them
-for the graph).
+(measured on the 2-core dev machine at ef_construction 128: 100k in 40-75 s,
+1M in 9.5 min, 6.7 of them for the graph).
 
     .venv/bin/python bench/search/run.py                      # 100k
     .venv/bin/python bench/search/run.py --vectors 1000000    # big run
