@@ -33,6 +33,18 @@ from viewfinder_search.domain.sql import (
 )
 
 _CACHE_ENTRIES = 10_000
+# Indexes of the version's dataset that hold vectors of the version (the
+# embedder's embedding_index_files, by its (index_name, dataset_version_id)
+# index), the active one first, then the newest; one a failed or unfinished
+# build left behind only when it is the active one.
+_INDEX_HOLDING_VERSION = """
+SELECT i.name FROM dataset_versions v
+JOIN embedding_indexes i ON i.dataset_id = v.dataset_id
+WHERE v.id = $1::uuid AND (i.active OR i.state = 'ready')
+  AND EXISTS (SELECT 1 FROM embedding_index_files f WHERE f.index_name = i.name AND f.dataset_version_id = v.id)
+ORDER BY i.active DESC, i.created_at DESC
+LIMIT 1
+"""
 
 # Planner settings of every connection search opens (asyncpg ``server_settings``),
 # whatever the server's postgresql.conf says (measured at 100k files, bench/search):
@@ -103,6 +115,13 @@ class PostgresCatalogue:
             self._dataset_of_version.clear()
         self._dataset_of_version[dataset_version_id] = str(dataset_id)
         return str(dataset_id)
+
+    async def index_holding_version(self, dataset_version_id: str) -> str | None:
+        """The index holding the version's vectors: the dataset's active index if it holds
+        any, else the newest ready index that does; None when none does. Read on every
+        query, as an index switch changes it."""
+        name = await self._pool.fetchval(_INDEX_HOLDING_VERSION, dataset_version_id)
+        return None if name is None else str(name)
 
     async def version_size(self, dataset_version_id: str) -> int:
         """Active files of a version, cached for ``version_size_ttl_s`` (it only steers the planner)."""

@@ -59,6 +59,10 @@ class SearchCatalogue(CandidateCatalogue, Protocol):
     async def dataset_of_version(self, dataset_version_id: str) -> str:
         """The dataset id of a version (NOT_FOUND when unknown)."""
 
+    async def index_holding_version(self, dataset_version_id: str) -> str | None:
+        """The index holding the version's vectors: the active one if it holds any, else the
+        newest ready one that does; None when none does."""
+
     async def page(
         self,
         catalogue_filter: CatalogueFilter,
@@ -174,7 +178,13 @@ class Searcher:
         assert spec.vector is not None
         if cursor is not None and cursor.offset is None:
             raise InvalidArgument("page_token does not belong to a vector search")
-        embedded = await self._embedder.embed(dataset_id, spec.index_name, spec.vector.query)
+        # A version is searched in the index that holds its vectors. That is the
+        # active index, except for versions older than an index switch, which
+        # built the new index from the latest version only: those stay in the
+        # index they were embedded into. Nothing holding the version: the
+        # embedder picks the active index (or says there is none).
+        index_name = spec.index_name or await self._catalogue.index_holding_version(spec.dataset_version_id)
+        embedded = await self._embedder.embed(dataset_id, index_name or "", spec.vector.query)
         planned = await planned_vector_search(
             self._store,
             self._catalogue,
