@@ -33,10 +33,10 @@ from viewfinder_search.domain.sql import (
 )
 
 _CACHE_ENTRIES = 10_000
-# Indexes of the version's dataset that hold vectors of the version (the
-# embedder's embedding_index_files, by its (index_name, dataset_version_id)
-# index), the active one first, then the newest; one a failed or unfinished
-# build left behind only when it is the active one.
+# The index of the version's dataset that holds vectors of the version (the
+# embedder's embedding_index_files, read by its (index_name, dataset_version_id)
+# index): the active one first, then the newest ready one; a failed or
+# unfinished build never, unless it is the active index.
 _INDEX_HOLDING_VERSION = """
 SELECT i.name FROM dataset_versions v
 JOIN embedding_indexes i ON i.dataset_id = v.dataset_id
