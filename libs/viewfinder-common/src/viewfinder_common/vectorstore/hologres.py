@@ -66,8 +66,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import AsyncIterator, Sequence
-from contextlib import asynccontextmanager
+from collections.abc import Sequence
 from typing import Any, Final
 
 import asyncpg
@@ -90,7 +89,7 @@ from viewfinder_common.vectorstore import (
     validate_field_name,
     validate_schema,
 )
-from viewfinder_common.vectorstore.postgres_sql import count_rows, quote_ident, table_name
+from viewfinder_common.vectorstore.postgres_sql import count_rows, index_connection, quote_ident, table_name
 from viewfinder_common.vectorstore.rows import CheckedQuery, checked_query, row_columns
 
 # The vendor's recommended builder parameters.
@@ -401,16 +400,6 @@ class HologresVectorStore:
         self._schemas[index] = schema
         return schema
 
-    @asynccontextmanager
-    async def _connection(self, index: str) -> AsyncIterator[Any]:
-        """A pooled connection; a vanished table becomes ``IndexNotFound`` (and is forgotten)."""
-        try:
-            async with self._pool.acquire() as conn:
-                yield conn
-        except asyncpg.UndefinedTableError as err:
-            self._schemas.pop(index, None)
-            raise IndexNotFound(f"vector index {index!r} does not exist") from err
-
     # ── writes ──────────────────────────────────────────────────────
 
     async def upsert(self, index: str, rows: Sequence[VectorRow]) -> None:
@@ -430,7 +419,7 @@ class HologresVectorStore:
             )
             for i, file_id in enumerate(columns.file_ids)
         ]
-        async with self._connection(index) as conn:
+        async with index_connection(self._pool, index, self._schemas) as conn:
             for start in range(0, len(records), self._upsert_batch_size):
                 await conn.executemany(sql, records[start : start + self._upsert_batch_size])
 
@@ -441,7 +430,7 @@ class HologresVectorStore:
         if not ids:
             return
         table = quote_ident(table_name(index))
-        async with self._connection(index) as conn:
+        async with index_connection(self._pool, index, self._schemas) as conn:
             await conn.execute(f"DELETE FROM {table} WHERE file_id = ANY($1::text[])", ids)  # noqa: S608
 
     # ── reads ───────────────────────────────────────────────────────
@@ -457,7 +446,7 @@ class HologresVectorStore:
         if checked.file_ids is not None:
             args.append(checked.file_ids)
         with_ids = checked.file_ids is not None
-        async with self._connection(index) as conn:
+        async with index_connection(self._pool, index, self._schemas) as conn:
             if not query.exact:
                 rows = await conn.fetch(
                     search_sql(index, query.vector_field, checked.top_k, exact=False, with_file_ids=with_ids),
@@ -477,7 +466,7 @@ class HologresVectorStore:
         """Rows in the index, optionally only those of one version (and file ids)."""
         await self._schema(index)
         table = quote_ident(table_name(index))
-        async with self._connection(index) as conn:
+        async with index_connection(self._pool, index, self._schemas) as conn:
             return await count_rows(conn, table, filter, "text")
 
     async def close(self) -> None:

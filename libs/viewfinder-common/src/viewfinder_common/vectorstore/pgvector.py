@@ -49,8 +49,7 @@ from __future__ import annotations
 
 import hashlib
 import re
-from collections.abc import AsyncIterator, Sequence
-from contextlib import asynccontextmanager
+from collections.abc import Sequence
 from typing import Any, Final
 
 import asyncpg
@@ -69,7 +68,7 @@ from viewfinder_common.vectorstore import (
     validate_field_name,
     validate_schema,
 )
-from viewfinder_common.vectorstore.postgres_sql import count_rows, quote_ident, table_name
+from viewfinder_common.vectorstore.postgres_sql import count_rows, index_connection, quote_ident, table_name
 from viewfinder_common.vectorstore.rows import checked_query, row_columns
 
 # HNSW build parameters: pgvector's m, twice its ef_construction (64). Measured
@@ -274,16 +273,6 @@ class PgVectorStore:
         self._schemas[index] = schema
         return schema
 
-    @asynccontextmanager
-    async def _connection(self, index: str) -> AsyncIterator[Any]:
-        """A pooled connection; a vanished table becomes ``IndexNotFound`` (and is forgotten)."""
-        try:
-            async with self._pool.acquire() as conn:
-                yield conn
-        except asyncpg.UndefinedTableError as err:
-            self._schemas.pop(index, None)
-            raise IndexNotFound(f"vector index {index!r} does not exist") from err
-
     # ── writes ──────────────────────────────────────────────────────
 
     async def upsert(self, index: str, rows: Sequence[VectorRow]) -> None:
@@ -297,7 +286,7 @@ class PgVectorStore:
         if not len(columns):
             return
         sql = self._upsert_sql(index, schema)
-        async with self._connection(index) as conn, conn.transaction():
+        async with index_connection(self._pool, index, self._schemas) as conn, conn.transaction():
             for chunk in columns.chunks(self._upsert_batch_size):
                 await conn.execute(
                     sql,
@@ -336,7 +325,7 @@ class PgVectorStore:
         if not ids:
             await self._schema(index)  # still report a missing index
             return
-        async with self._connection(index) as conn:
+        async with index_connection(self._pool, index, self._schemas) as conn:
             await conn.execute(f"DELETE FROM {table} WHERE file_id = ANY($1::uuid[])", ids)  # noqa: S608
 
     # ── reads ───────────────────────────────────────────────────────
@@ -358,7 +347,7 @@ class PgVectorStore:
         with_file_ids = checked.file_ids is not None
         ann_sql = search_sql(index, query.vector_field, exact=False, with_file_ids=with_file_ids)
         exact_sql = search_sql(index, query.vector_field, exact=True, with_file_ids=with_file_ids)
-        async with self._connection(index) as conn:
+        async with index_connection(self._pool, index, self._schemas) as conn:
             if not query.exact:
                 rows = await self._fetch_with_hnsw_settings(
                     conn, min(checked.search_breadth, MAX_EF_SEARCH), ann_sql, args
@@ -383,7 +372,7 @@ class PgVectorStore:
         """Rows in the index, optionally only those of one version (and file ids)."""
         await self._schema(index)
         table = quote_ident(table_name(index))
-        async with self._connection(index) as conn:
+        async with index_connection(self._pool, index, self._schemas) as conn:
             return await count_rows(conn, table, filter, "uuid")
 
     async def close(self) -> None:

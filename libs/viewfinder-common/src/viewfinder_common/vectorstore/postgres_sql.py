@@ -2,11 +2,19 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from collections.abc import AsyncIterator, MutableMapping
+from contextlib import asynccontextmanager
+from typing import Any, Literal
 
 import asyncpg
 
-from viewfinder_common.vectorstore import INDEX_PREFIX, VectorFilter, canonical_id, validate_index_name
+from viewfinder_common.vectorstore import (
+    INDEX_PREFIX,
+    IndexNotFound,
+    VectorFilter,
+    canonical_id,
+    validate_index_name,
+)
 from viewfinder_common.vectorstore.rows import checked_file_ids
 
 
@@ -18,6 +26,21 @@ def quote_ident(name: str) -> str:
 def table_name(index: str) -> str:
     """The table holding ``index``."""
     return INDEX_PREFIX + validate_index_name(index)
+
+
+@asynccontextmanager
+async def index_connection(
+    pool: asyncpg.Pool, index: str, schemas: MutableMapping[str, Any] | None = None
+) -> AsyncIterator[Any]:
+    """A pooled connection for work on ``index``'s table; a vanished table becomes
+    ``IndexNotFound`` (and is forgotten from ``schemas``, a cache of table layouts)."""
+    try:
+        async with pool.acquire() as conn:
+            yield conn
+    except asyncpg.UndefinedTableError as err:
+        if schemas is not None:
+            schemas.pop(index, None)
+        raise IndexNotFound(f"vector index {index!r} does not exist") from err
 
 
 async def count_rows(

@@ -32,19 +32,17 @@ cosine distance`` and the threshold is applied in SQL, as there.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from typing import Any, Final
 
 import asyncpg
 
-from viewfinder_common.vectorstore import IndexNotFound, VectorHit, validate_field_name
+from viewfinder_common.vectorstore import VectorHit, validate_field_name
 from viewfinder_common.vectorstore.pgvector import (
     MAX_EF_SEARCH,
     fetch_with_hnsw_settings,
     has_iterative_scan,
 )
-from viewfinder_common.vectorstore.postgres_sql import quote_ident, table_name
+from viewfinder_common.vectorstore.postgres_sql import index_connection, quote_ident, table_name
 from viewfinder_search.domain.planner import VectorRequest
 from viewfinder_search.domain.sql import CatalogueFilter, SqlParameters
 
@@ -148,7 +146,7 @@ class PgVectorCatalogueSearch:
     ) -> list[VectorHit] | None:
         """The exact top-k among the files that pass, or None when more than ``limit`` pass."""
         sql, params = prefiltered_exact_sql(request, catalogue_filter, limit)
-        async with self._connection(request.index) as conn:
+        async with index_connection(self._pool, request.index) as conn:
             rows = await conn.fetch(sql, *params)
         if rows[0]["counted"] > limit:
             return None
@@ -160,7 +158,7 @@ class PgVectorCatalogueSearch:
         """The top-k passing files an HNSW walk of ``breadth`` finds, or None when the walk came
         back short (or pgvector is older than 0.8, without iterative scans)."""
         sql, params = filtered_ann_sql(request, catalogue_filter)
-        async with self._connection(request.index) as conn:
+        async with index_connection(self._pool, request.index) as conn:
             if self._iterative_scan is None:
                 self._iterative_scan = await has_iterative_scan(conn)
             if not self._iterative_scan:
@@ -170,14 +168,6 @@ class PgVectorCatalogueSearch:
         if rows[0]["counted"] < request.top_k:
             return None
         return _hits(rows)
-
-    @asynccontextmanager
-    async def _connection(self, index: str) -> AsyncIterator[Any]:
-        try:
-            async with self._pool.acquire() as conn:
-                yield conn
-        except asyncpg.UndefinedTableError as err:
-            raise IndexNotFound(f"vector index {index!r} does not exist") from err
 
 
 def _hits(rows: list[Any]) -> list[VectorHit]:
