@@ -141,6 +141,22 @@ def connection(address: str) -> ZeroShotConnection:
     return ZeroShotConnection(embedder_address=address, threshold=0.9, margin=None)
 
 
+async def full_label_job(tagger: Any, helpers: Any, dataset_version_id: str) -> Any:
+    """Creates the colours-and-cats definition and runs a FULL label job of the version to its end."""
+    definition = (
+        await tagger.stub.CreateTagDefinition(helpers.definition_request("cats", CONTENT), timeout=5)
+    ).tag_definition
+    started = await tagger.stub.StartLabelJob(
+        labeling_pb2.StartLabelJobRequest(
+            dataset_version_id=dataset_version_id,
+            tag_definition_id=definition.id,
+            mode=common_pb2.JOB_MODE_FULL,
+        ),
+        timeout=5,
+    )
+    return await helpers.wait_for_job(tagger.stub, started.job.job.id, TERMINAL)
+
+
 async def test_a_label_job_scores_current_stored_vectors_and_embeds_only_the_others(
     start_tagger: Any, seeder: Any, embed_service: tuple[Any, str], helpers: Any, db_pool: Any
 ) -> None:
@@ -159,18 +175,7 @@ async def test_a_label_job_scores_current_stored_vectors_and_embeds_only_the_oth
         },
     )
     async with start_tagger(connections={"offline": connection(address)}) as tagger:
-        definition = (
-            await tagger.stub.CreateTagDefinition(helpers.definition_request("cats", CONTENT), timeout=5)
-        ).tag_definition
-        started = await tagger.stub.StartLabelJob(
-            labeling_pb2.StartLabelJobRequest(
-                dataset_version_id=seeded.version_id,
-                tag_definition_id=definition.id,
-                mode=common_pb2.JOB_MODE_FULL,
-            ),
-            timeout=5,
-        )
-        job = await helpers.wait_for_job(tagger.stub, started.job.job.id, TERMINAL)
+        job = await full_label_job(tagger, helpers, seeded.version_id)
         assert job.job.state == common_pb2.JOB_STATE_SUCCEEDED, job.job.error
         assert job.counts.files_labeled == 3
     assert await ai_tags(db_pool) == {
@@ -339,18 +344,7 @@ async def test_an_index_in_a_stored_milvus_connection_is_labeled_without_embeddi
             connections={"offline": connection(address)}, connection_store=connection_settings
         ) as tagger:
             assert tagger.settings.vectorstore.kind == "pgvector"
-            definition = (
-                await tagger.stub.CreateTagDefinition(helpers.definition_request("cats", CONTENT), timeout=5)
-            ).tag_definition
-            started = await tagger.stub.StartLabelJob(
-                labeling_pb2.StartLabelJobRequest(
-                    dataset_version_id=seeded.version_id,
-                    tag_definition_id=definition.id,
-                    mode=common_pb2.JOB_MODE_FULL,
-                ),
-                timeout=5,
-            )
-            job = await helpers.wait_for_job(tagger.stub, started.job.job.id, TERMINAL)
+            job = await full_label_job(tagger, helpers, seeded.version_id)
             assert job.job.state == common_pb2.JOB_STATE_SUCCEEDED, job.job.error
             assert job.counts.files_labeled == 2
         assert await ai_tags(db_pool) == {by_colour["red"]: {"cat"}, by_colour["green"]: {"blue"}}
