@@ -23,7 +23,6 @@ import random
 import signal
 import socket
 import sys
-import time
 import uuid
 from collections.abc import AsyncIterator, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -364,15 +363,3 @@ def clipart(category: str, count: int, skip: int = 0) -> list[Path]:
     paths = sorted((OPENCLIPART / category).rglob("*.png"))[skip : skip + count]
     assert len(paths) == count, f"openclipart-png has too few images in {category}"
     return paths
-
-
-async def eventually(check: Any, timeout_s: float, what: str, interval_s: float = 0.5) -> Any:
-    """Polls the async ``check`` until it returns a truthy value; fails with ``what`` after the timeout."""
-    deadline = time.monotonic() + timeout_s
-    last: Any = None
-    while time.monotonic() < deadline:
-        last = await check()
-        if last:
-            return last
-        await asyncio.sleep(interval_s)
-    pytest.fail(f"{what}: still not true after {timeout_s:.0f} s (last: {last!r})")

@@ -17,9 +17,10 @@ from aiokafka import AIOKafkaConsumer
 from PIL import Image
 
 from viewfinder.v1 import events_pb2, search_pb2
+from viewfinder_common.testing.polling import eventually
 from viewfinder_common.vectorstore.postgres_sql import table_name
 
-from .conftest import Pipeline, clipart, eventually
+from .conftest import Pipeline, clipart
 
 pytestmark = [pytest.mark.stack, pytest.mark.slow]
 
@@ -112,7 +113,7 @@ async def test_put_makes_an_image_searchable_by_text_and_tag_and_delete_removes_
         )
         return _keys(response) & {key}
 
-    await eventually(by_text, PIPELINE_TIMEOUT_S, f"a text search finds {key} (no sync was called)")
+    await eventually(by_text, f"a text search finds {key} (no sync was called)", timeout_s=PIPELINE_TIMEOUT_S)
 
     async def tags_of_file() -> list[str]:
         response = await pipeline.search(
@@ -122,7 +123,9 @@ async def test_put_makes_an_image_searchable_by_text_and_tag_and_delete_removes_
         )
         return [tag.name for result in response.results for tag in result.tags]
 
-    tags = await eventually(tags_of_file, PIPELINE_TIMEOUT_S, f"the tagger labels {key} automatically")
+    tags = await eventually(
+        tags_of_file, f"the tagger labels {key} automatically", timeout_s=PIPELINE_TIMEOUT_S
+    )
     assert set(tags) <= set(TAGS), f"tags outside the definition: {tags}"
     tag_filter = search_pb2.TagFilter(any_of=[search_pb2.TagMatch(name=tags[0])])
     by_tag = await pipeline.search(search_pb2.SearchRequest(dataset_version_id=version.id, tags=tag_filter))
@@ -140,7 +143,9 @@ async def test_put_makes_an_image_searchable_by_text_and_tag_and_delete_removes_
         )
         return key not in _keys(text) | _keys(tagged)
 
-    await eventually(gone, PIPELINE_TIMEOUT_S, f"{key} disappears from text and tag search after its DELETE")
+    await eventually(
+        gone, f"{key} disappears from text and tag search after its DELETE", timeout_s=PIPELINE_TIMEOUT_S
+    )
     pipeline.assert_all_running()
 
 
@@ -235,7 +240,9 @@ async def test_poison_files_are_recorded_with_a_reason_and_good_files_are_proces
         expected = set(good) | {f"{prefix}poison/{file}" for file in poison}
         return result if expected <= set(result) else None
 
-    result = await eventually(outcomes, PIPELINE_TIMEOUT_S, "every good and poison file has an outcome", 2.0)
+    result = await eventually(
+        outcomes, "every good and poison file has an outcome", timeout_s=PIPELINE_TIMEOUT_S, interval_s=2.0
+    )
     for key, outcome in sorted(result.items()):
         print(f"{key.removeprefix(prefix)}: {outcome}")  # shown by pytest -rP
     for key in good:
@@ -256,7 +263,9 @@ async def _wait_until_ingesting(pipeline: Pipeline, version_id: str, at_least: i
             await conn.close()
         return count >= at_least
 
-    await eventually(catalogued, PIPELINE_TIMEOUT_S, f"ingest catalogues {at_least} files", 0.1)
+    await eventually(
+        catalogued, f"ingest catalogues {at_least} files", timeout_s=PIPELINE_TIMEOUT_S, interval_s=0.1
+    )
 
 
 async def _assert_exactly_once(
@@ -272,7 +281,10 @@ async def _assert_exactly_once(
         return counts if done else None
 
     counts = await eventually(
-        complete, PIPELINE_TIMEOUT_S, f"all {len(expected)} files vectored and labelled", 2.0
+        complete,
+        f"all {len(expected)} files vectored and labelled",
+        timeout_s=PIPELINE_TIMEOUT_S,
+        interval_s=2.0,
     )
     files = set(counts["files"])
     for kind in ("vectors", "index_files", "label_runs"):

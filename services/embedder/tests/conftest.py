@@ -30,6 +30,7 @@ from viewfinder_common.events import encode_event, event_headers
 from viewfinder_common.s3 import s3_client
 from viewfinder_common.settings import DatabaseSettings, KafkaSettings, S3Settings
 from viewfinder_common.testing.kafka import create_topics, free_port, read_topic
+from viewfinder_common.testing.polling import eventually
 from viewfinder_common.vectorstore.factory import VectorStoreSettings
 from viewfinder_embedder.adapters.offline_model import OfflineEmbeddingModel
 from viewfinder_embedder.config import EmbedderSettings, default_model_cache_dir
@@ -152,17 +153,6 @@ def discovered(
         change_type=change,  # type: ignore[arg-type]
         trace_id="0af7651916cd43dd8448eb211c80319c",
     )
-
-
-async def wait_until(check: Callable[[], Any], timeout_s: float = 90.0, what: str = "condition") -> Any:
-    """Polls an async ``check`` until it returns something truthy."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        value = await check()
-        if value:
-            return value
-        assert time.monotonic() < deadline, f"{what} not reached within {timeout_s} s (last: {value!r})"
-        await asyncio.sleep(0.3)
 
 
 @dataclass
@@ -447,7 +437,7 @@ def helpers() -> Any:
         image_bytes = staticmethod(image_bytes)
         discovered = staticmethod(discovered)
         read_topic = staticmethod(read_topic)
-        wait_until = staticmethod(wait_until)
+        eventually = staticmethod(eventually)
         poison = POISON
         save_tiny_clip = staticmethod(save_tiny_clip)
         save_tiny_open_clip = staticmethod(save_tiny_open_clip)

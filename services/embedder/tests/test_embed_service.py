@@ -24,7 +24,7 @@ async def _wait_for_job(stub: Any, job_id: str, helpers: Any) -> embedding_pb2.I
         reply = await stub.GetIndexJob(embedding_pb2.GetIndexJobRequest(job_id=job_id), timeout=10)
         return reply.job if reply.job.job.state in TERMINAL else None
 
-    job: embedding_pb2.IndexJob = await helpers.wait_until(done, 120, "index job finished")
+    job: embedding_pb2.IndexJob = await helpers.eventually(done, "index job finished", timeout_s=120)
     return job
 
 

@@ -170,7 +170,7 @@ async def test_a_batch_whose_upsert_fails_is_not_committed_and_is_delivered_agai
             async def failed_twice() -> bool:
                 return failures.failures >= 2  # delivered, failed, delivered again, failed again
 
-            await helpers.wait_until(failed_twice, 60, "repeated delivery of the failing batch")
+            await helpers.eventually(failed_twice, "repeated delivery of the failing batch", timeout_s=60)
             await catalogue.fetch(f'ALTER TABLE "{table}" DROP CONSTRAINT refuse')
             embedded = await helpers.read_topic(embedder.embedded_topic, 4, timeout_s=60)
         finally:

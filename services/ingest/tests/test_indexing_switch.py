@@ -19,7 +19,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import io
-import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
@@ -46,6 +45,7 @@ from viewfinder_common.connections.models import ConnectionKind, ConnectionSpec
 from viewfinder_common.connections.store import ConnectionStore
 from viewfinder_common.settings import DatabaseSettings, KafkaSettings
 from viewfinder_common.testing.kafka import create_topics, free_port
+from viewfinder_common.testing.polling import eventually
 from viewfinder_common.vectorstore import INDEX_PREFIX
 from viewfinder_common.vectorstore.factory import VectorStoreSettings
 from viewfinder_embedder.adapters.offline_model import OfflineEmbeddingModel
@@ -82,17 +82,6 @@ def picture(seed: int) -> bytes:
     return buffer.getvalue()
 
 
-async def wait_for(check: Callable[[], Awaitable[Any]], what: str, timeout_s: float = 90.0) -> Any:
-    """Polls ``check`` until it returns something truthy."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        value = await check()
-        if value:
-            return value
-        assert time.monotonic() < deadline, f"{what} not reached within {timeout_s} s (last: {value!r})"
-        await asyncio.sleep(0.3)
-
-
 @contextlib.asynccontextmanager
 async def running(start: Callable[[asyncio.Event], Awaitable[None]], port: int) -> AsyncIterator[None]:
     """Runs a service until the block ends, once its health service says SERVING."""
@@ -111,7 +100,7 @@ async def running(start: Callable[[asyncio.Event], Awaitable[None]], port: int) 
                 return reply.status == health_pb2.HealthCheckResponse.SERVING
             return False
 
-        await wait_for(serving, "SERVING")
+        await eventually(serving, "SERVING")
         yield
     finally:
         stop.set()
@@ -137,7 +126,7 @@ class System:
         created = await self.harness.create_dataset(name)
         job = await self.harness.sync(created.dataset.id, common_pb2.JOB_MODE_FULL)
         assert job.job.state == common_pb2.JOB_STATE_SUCCEEDED, job.job.error
-        await wait_for(
+        await eventually(
             lambda: self.active_rows(created.dataset.id, count), f"{count} files in the first index"
         )
         files = await self.harness.all_files(created.version.id)
@@ -293,7 +282,7 @@ async def test_switching_to_milvus_builds_a_new_index_and_search_flips_when_it_i
         )
 
         # Every file is in the new index, but the job has not made it active.
-        job = await wait_for(
+        job = await eventually(
             lambda: _job_with(system, job_id, embedded=6), "the build to embed the six files"
         )
         new_name = job.index_name
@@ -318,7 +307,7 @@ async def test_switching_to_milvus_builds_a_new_index_and_search_flips_when_it_i
                 new_name
             )
 
-        await wait_for(in_both, "the late file in the old and the new index")
+        await eventually(in_both, "the late file in the old and the new index")
         assert (await system.job(job_id)).job.state == common_pb2.JOB_STATE_RUNNING
         assert (await system.top_hit(version_id, picture(6))).file_id == late
     finally:
@@ -326,7 +315,7 @@ async def test_switching_to_milvus_builds_a_new_index_and_search_flips_when_it_i
         await gate.close()
 
     try:
-        done = await wait_for(lambda: _terminal(system, job_id), "the switch job to finish")
+        done = await eventually(lambda: _terminal(system, job_id), "the switch job to finish")
         assert done.job.state == common_pb2.JOB_STATE_SUCCEEDED, done.job.error
         after = await system.indexes(dataset.id)
         assert [(i.name, i.active, i.vector_store_connection, i.row_count) for i in after] == [
@@ -426,7 +415,7 @@ async def test_switching_back_cancels_the_build_and_refused_switches_change_noth
         await gate.execute("LOCK TABLE embedding_index_files IN SHARE MODE")
         switched = await system.switch(dataset.id, vector_store_connection="milvus")
         job_id = switched.indexing.switch_job_id
-        running_job = await wait_for(
+        running_job = await eventually(
             lambda: _job_in(system, job_id, common_pb2.JOB_STATE_RUNNING), "the switch job to start"
         )
         new_name = running_job.index_name
@@ -437,7 +426,7 @@ async def test_switching_back_cancels_the_build_and_refused_switches_change_noth
         await held.rollback()
         await gate.close()
     try:
-        done = await wait_for(lambda: _terminal(system, job_id), "the cancelled job to stop")
+        done = await eventually(lambda: _terminal(system, job_id), "the cancelled job to stop")
         assert done.job.state == common_pb2.JOB_STATE_CANCELLED
         after = await system.indexes(dataset.id)
         assert [(i.name, i.active) for i in after] == [(old.name, True), (new_name, False)]

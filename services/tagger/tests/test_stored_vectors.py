@@ -7,11 +7,8 @@ current for the file's content, the image's (EmbedImage of the double) when not.
 
 from __future__ import annotations
 
-import asyncio
 import json
-import time
 import uuid
-from collections.abc import Awaitable, Callable
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -27,6 +24,7 @@ from viewfinder_common.connections.settings import ConnectionSettings
 from viewfinder_common.connections.store import ConnectionStore
 from viewfinder_common.events import encode_event
 from viewfinder_common.settings import KafkaSettings, MilvusSettings
+from viewfinder_common.testing.polling import eventually
 from viewfinder_common.vectorstore import INDEX_PREFIX, IndexSchema, VectorField, VectorRow, VectorStore
 from viewfinder_common.vectorstore.factory import VectorStoreSettings, stored_vector_store_opener
 from viewfinder_common.vectorstore.milvus import MilvusVectorStore
@@ -227,7 +225,7 @@ async def test_automatic_labeling_with_stored_vectors_follows_file_embedded(
             async def skipped() -> bool:
                 return any("auto_label_other_topic" in line and file_id in line for line in tagger.log_lines)
 
-            await _eventually(skipped)
+            await eventually(skipped, "skipped", timeout_s=60, interval_s=0.1)
             assert await ai_tags(db_pool) == {}
             assert servicer.image_calls == 0
 
@@ -241,19 +239,11 @@ async def test_automatic_labeling_with_stored_vectors_follows_file_embedded(
             async def labeled() -> bool:
                 return file_id in await ai_tags(db_pool)
 
-            await _eventually(labeled)
+            await eventually(labeled, "labeled", timeout_s=60, interval_s=0.1)
         finally:
             await producer.stop()
     assert await ai_tags(db_pool) == {file_id: {"cat"}}  # scored from the stored vector
     assert servicer.image_calls == 0
-
-
-async def _eventually(check: Callable[[], Awaitable[bool]], timeout_s: float = 60.0) -> None:
-    """Polls ``check`` until it holds."""
-    deadline = time.monotonic() + timeout_s
-    while not await check():
-        assert time.monotonic() < deadline, f"{check.__name__} did not come true in {timeout_s} s"
-        await asyncio.sleep(0.1)
 
 
 async def test_the_scorer_answers_only_for_a_current_vector_in_a_store_it_reaches(
